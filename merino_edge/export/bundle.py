@@ -1,0 +1,395 @@
+"""The deployable bundle: one directory that the board needs, and nothing else.
+
+Layout (DESIGN.md, "Files between stages")::
+
+    bundle/
+      manifest.json          this module's `Manifest` (schema_version, arch, files + sha256, ...)
+      tokenizer.model        SentencePiece model
+      model.onnx             FP32 graph   + model.onnx.data       (its weights, external data)
+      model.fp16.onnx        FP16 graph   + model.fp16.onnx.data  (optional)
+      engines/...            TensorRT engines, added on the board by `merino-edge build`
+
+Every file the manifest names carries its sha256; `Bundle.load` checks them all
+and refuses a damaged, incomplete or newer-format bundle with a message saying
+which file is wrong.  The manifest is always written atomically (temp file +
+`os.replace`) and written last by `export_bundle`, so an interrupted export
+never looks like a bundle.
+
+Chat template: a role-tagged plain-text format (no Jinja, so the board needs
+nothing extra).  Each message becomes ``<|role|>\\n{content}\\n`` and the prompt
+ends with ``<|assistant|>\\n``; generation stops at the next ``\\n<|``.  A
+bundle may carry another template with the same three fields.
+
+This module is torch-free: the runtime imports it on the board.  Only
+`export_bundle` imports the exporter (torch, onnx), lazily.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+from merino_edge import __version__
+from merino_edge.arch import ArchSpec
+from merino_edge.errors import IncompatibleError, InputError
+
+SCHEMA_VERSION = 1
+FORMAT = "merino-edge-bundle"
+MANIFEST = "manifest.json"
+TOKENIZER_FILE = "tokenizer.model"
+GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+PRECISIONS = tuple(GRAPH_FILES)
+DEFAULT_MAX_BATCH = 8
+
+
+def file_sha256(path: str | Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_json_atomic(path: str | Path, data: dict) -> None:
+    """Write JSON to `path` through a temp file in the same directory and `os.replace`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=2)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """Role-tagged chat format: `message` per turn, then `generation_prompt`; stop at `stop`."""
+
+    message: str = "<|{role}|>\n{content}\n"
+    generation_prompt: str = "<|assistant|>\n"
+    stop: tuple[str, ...] = ("\n<|",)
+
+    def render(self, messages: list[dict]) -> str:
+        """The prompt for a list of {"role", "content"} messages, ready for the assistant's turn."""
+        parts = []
+        for i, m in enumerate(messages):
+            if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
+                raise InputError(f"messages[{i}]: needs string 'role' and 'content'")
+            parts.append(self.message.format(role=m["role"], content=m["content"]))
+        return "".join(parts) + self.generation_prompt
+
+    def to_json(self) -> dict:
+        return {"message": self.message, "generation_prompt": self.generation_prompt, "stop": list(self.stop)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ChatTemplate:
+        return cls(message=data["message"], generation_prompt=data["generation_prompt"], stop=tuple(data.get("stop", ())))
+
+
+@dataclass
+class Manifest:
+    """What `manifest.json` holds.  `files` maps every file name in the bundle to its sha256."""
+
+    arch: ArchSpec
+    graphs: dict[str, dict]  # precision -> {"file", "data_file", "opset", "io_dtype"}
+    files: dict[str, str]  # relative path -> sha256
+    max_context: int
+    max_batch: int
+    max_prompt: int
+    special_tokens: dict[str, int]
+    tokenizer: dict = field(default_factory=lambda: {"file": TOKENIZER_FILE})
+    engines: dict[str, dict] = field(default_factory=dict)  # name -> {"file", "precision", "record"}
+    chat_template: ChatTemplate = field(default_factory=ChatTemplate)
+    exporter: dict = field(default_factory=dict)  # versions of merino-edge, torch, transformers, onnx
+    runtime: dict = field(default_factory=dict)  # versions the graphs were checked with (onnxruntime)
+    source: dict = field(default_factory=dict)  # checkpoint it came from
+    created: str = ""
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "schema_version": self.schema_version,
+            "created": self.created,
+            "arch": self.arch.to_json(),
+            "tokenizer": self.tokenizer,
+            "special_tokens": self.special_tokens,
+            "graphs": self.graphs,
+            "engines": self.engines,
+            "files": self.files,
+            "max_context": self.max_context,
+            "max_batch": self.max_batch,
+            "max_prompt": self.max_prompt,
+            "chat_template": self.chat_template.to_json(),
+            "exporter": self.exporter,
+            "runtime": self.runtime,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> Manifest:
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise InputError(f"{MANIFEST}: not a merino-edge bundle manifest (format {data.get('format')!r})" if isinstance(data, dict) else f"{MANIFEST}: expected a JSON object")
+        version = data.get("schema_version")
+        if not isinstance(version, int):
+            raise InputError(f"{MANIFEST}: schema_version missing or not an integer")
+        if version > SCHEMA_VERSION:
+            raise IncompatibleError(
+                f"{MANIFEST}: bundle format {version} is newer than this merino-edge {__version__} reads (up to {SCHEMA_VERSION}); upgrade merino-edge"
+            )
+        if version < 1:
+            raise IncompatibleError(f"{MANIFEST}: bundle format {version} is not supported; export the bundle again")
+        try:
+            return cls(
+                schema_version=version,
+                created=data.get("created", ""),
+                arch=ArchSpec.from_json(data["arch"]),
+                tokenizer=dict(data["tokenizer"]),
+                special_tokens={k: int(v) for k, v in data["special_tokens"].items()},
+                graphs={k: dict(v) for k, v in data["graphs"].items()},
+                engines={k: dict(v) for k, v in data.get("engines", {}).items()},
+                files={str(k): str(v) for k, v in data["files"].items()},
+                max_context=int(data["max_context"]),
+                max_batch=int(data["max_batch"]),
+                max_prompt=int(data["max_prompt"]),
+                chat_template=ChatTemplate.from_json(data["chat_template"]),
+                exporter=dict(data.get("exporter", {})),
+                runtime=dict(data.get("runtime", {})),
+                source=dict(data.get("source", {})),
+            )
+        except KeyError as exc:
+            raise InputError(f"{MANIFEST}: missing field {exc}") from None
+        except (TypeError, ValueError, AttributeError) as exc:
+            raise InputError(f"{MANIFEST}: malformed ({exc})") from None
+
+    def record_engine(self, name: str, file: str, sha256: str, precision: str, record: dict) -> None:
+        """Add (or replace) a built engine: its file, hash and build record."""
+        self.engines[name] = {"file": file, "precision": precision, "record": record}
+        self.files[file] = sha256
+
+
+class Bundle:
+    """A verified bundle directory.  Use `Bundle.load(path)`."""
+
+    def __init__(self, path: Path, manifest: Manifest):
+        self.path = path
+        self.manifest = manifest
+
+    @classmethod
+    def load(cls, path: str | Path, *, verify: bool = True) -> Bundle:
+        """Read the manifest and (by default) check every file's sha256."""
+        path = Path(path)
+        if not path.is_dir():
+            raise InputError(f"bundle {path}: not a directory")
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise InputError(f"bundle {path}: {MANIFEST} is missing (not a bundle, or an export that did not finish)")
+        try:
+            data = json.loads(manifest_path.read_text())
+        except (OSError, ValueError) as exc:
+            raise InputError(f"bundle {path}: {MANIFEST} is not valid JSON ({exc})") from None
+        try:
+            manifest = Manifest.from_json(data)
+        except (InputError, IncompatibleError) as exc:
+            raise type(exc)(f"bundle {path}: {exc}") from None
+        bundle = cls(path, manifest)
+        if verify:
+            bundle.verify()
+        return bundle
+
+    def verify(self) -> None:
+        """Every file named in the manifest exists and has its recorded sha256."""
+        for name, expected in self.manifest.files.items():
+            file = self.path / name
+            if not file.is_file():
+                raise InputError(f"bundle {self.path}: {name} is missing (incomplete bundle; export it again)")
+            if file_sha256(file) != expected:
+                raise InputError(f"bundle {self.path}: {name} is damaged (sha256 differs from the manifest; copy or export it again)")
+
+    # ---------------------------------------------------------------- access
+
+    @property
+    def arch(self) -> ArchSpec:
+        return self.manifest.arch
+
+    @property
+    def max_context(self) -> int:
+        return self.manifest.max_context
+
+    @property
+    def max_batch(self) -> int:
+        return self.manifest.max_batch
+
+    @property
+    def max_prompt(self) -> int:
+        return self.manifest.max_prompt
+
+    @property
+    def chat_template(self) -> ChatTemplate:
+        return self.manifest.chat_template
+
+    @property
+    def precisions(self) -> list[str]:
+        return [p for p in PRECISIONS if p in self.manifest.graphs]
+
+    @property
+    def tokenizer_path(self) -> Path:
+        return self.path / self.manifest.tokenizer["file"]
+
+    def onnx_path(self, precision: str = "fp32") -> Path:
+        if precision not in self.manifest.graphs:
+            raise InputError(f"bundle {self.path} has no {precision} graph (it has: {', '.join(self.precisions) or 'none'})")
+        return self.path / self.manifest.graphs[precision]["file"]
+
+    @property
+    def engine_record(self) -> dict | None:
+        """The build record of the bundle's (first) engine, or None before `merino-edge build`."""
+        return next(iter(self.manifest.engines.values()), {}).get("record")
+
+    def engine_path(self, name: str | None = None) -> Path | None:
+        engines = self.manifest.engines
+        entry = engines.get(name) if name else next(iter(engines.values()), None)
+        return self.path / entry["file"] if entry else None
+
+    def add_engine(self, engine_file: str | Path, record: dict, *, name: str = "tensorrt-fp16", precision: str = "fp16") -> None:
+        """Record an engine file that lies inside the bundle and rewrite the manifest atomically."""
+        file = Path(engine_file)
+        file = file if file.is_absolute() else self.path / file
+        try:
+            relative = file.resolve().relative_to(self.path.resolve()).as_posix()
+        except ValueError:
+            raise InputError(f"engine {file} must lie inside the bundle {self.path}") from None
+        if not file.is_file():
+            raise InputError(f"engine {file} does not exist")
+        self.manifest.record_engine(name, relative, file_sha256(file), precision, record)
+        write_json_atomic(self.path / MANIFEST, self.manifest.to_json())
+
+
+# --------------------------------------------------------------------- export
+
+
+def _versions(*packages: str) -> dict:
+    """Installed versions, read from package metadata (no import needed)."""
+    found = {}
+    for name in packages:
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
+
+
+def _check_checkpoint(ckpt: Path) -> None:
+    if not ckpt.is_dir():
+        raise InputError(f"checkpoint {ckpt}: not a directory")
+    missing = [n for n in ("config.json", TOKENIZER_FILE) if not (ckpt / n).is_file()]
+    if not any(ckpt.glob("*.safetensors")) and not (ckpt / "pytorch_model.bin").is_file():
+        missing.append("model.safetensors")
+    if missing:
+        raise InputError(f"checkpoint {ckpt}: missing {', '.join(missing)}")
+
+
+def _prepare_out_dir(out: Path, overwrite: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise InputError(f"--out {out}: directory is not empty (remove it or pass --force)")
+        if not (out / MANIFEST).is_file():
+            raise InputError(f"--out {out}: not empty and not a bundle; refusing to overwrite it")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def export_bundle(
+    ckpt_dir: str | Path,
+    out_dir: str | Path,
+    *,
+    fp32: bool = True,
+    fp16: bool = False,
+    max_context: int | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_prompt: int | None = None,
+    chat_template: ChatTemplate | None = None,
+    opset: int = 17,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Bundle:
+    """Export a checkpoint directory to a bundle: ONNX graph(s), tokenizer, manifest.
+
+    `max_context` defaults to the arch's max positions; `max_prompt` to `max_context`.
+    """
+    from tqdm import tqdm
+
+    from merino_edge.export.onnx import export_onnx  # checks the operators too
+    from merino_edge.model import MeRinoConfig
+    from merino_edge.tokenizer import Tokenizer
+
+    ckpt, out = Path(ckpt_dir), Path(out_dir)
+    precisions = [p for p, wanted in (("fp32", fp32), ("fp16", fp16)) if wanted]
+    if not precisions:
+        raise InputError("export: nothing to export (neither fp32 nor fp16 asked for)")
+    _check_checkpoint(ckpt)
+    arch = MeRinoConfig.from_pretrained(str(ckpt)).to_arch()
+    max_context = arch.max_positions if max_context is None else max_context
+    if not 1 <= max_context <= arch.max_positions:
+        raise InputError(f"--max-context {max_context}: must be between 1 and the model's {arch.max_positions} positions")
+    max_prompt = max_context if max_prompt is None else max_prompt
+    if not 1 <= max_prompt <= max_context:
+        raise InputError(f"--max-prompt {max_prompt}: must be between 1 and the max context {max_context}")
+    if max_batch < 1:
+        raise InputError(f"--max-batch {max_batch}: must be at least 1")
+    tokenizer = Tokenizer(ckpt / TOKENIZER_FILE)
+    if tokenizer.vocab_size > arch.vocab_size:
+        raise InputError(f"checkpoint {ckpt}: tokenizer has {tokenizer.vocab_size} pieces but the model only {arch.vocab_size}")
+
+    _prepare_out_dir(out, overwrite)
+    shutil.copyfile(ckpt / TOKENIZER_FILE, out / TOKENIZER_FILE)
+    graphs = {}
+    steps = tqdm(precisions, desc="export", unit="graph", disable=not progress, file=sys.stderr)
+    for precision in steps:
+        steps.set_postfix_str(precision)
+        onnx_file = out / GRAPH_FILES[precision]
+        export_onnx(str(ckpt), onnx_file, fp16=precision == "fp16", opset=opset)
+        data_file = onnx_file.with_name(onnx_file.name + ".data")  # export_onnx's external data file
+        graphs[precision] = {
+            "file": onnx_file.name,
+            "data_file": data_file.name if data_file.is_file() else None,
+            "opset": opset,
+            "io_dtype": {"kv": "float16" if precision == "fp16" else "float32", "logits": "float32"},
+        }
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    hashes = {name: file_sha256(out / name) for name in tqdm(files, desc="sha256", unit="file", disable=not progress, file=sys.stderr)}
+    manifest = Manifest(
+        arch=arch,
+        graphs=graphs,
+        files=hashes,
+        max_context=max_context,
+        max_batch=max_batch,
+        max_prompt=max_prompt,
+        special_tokens={"unk": tokenizer.unk_id, "bos": tokenizer.bos_id, "eos": tokenizer.eos_id, "pad": tokenizer.pad_id},
+        tokenizer={"file": TOKENIZER_FILE, "vocab_size": tokenizer.vocab_size},
+        chat_template=chat_template or ChatTemplate(),
+        exporter={"merino_edge": __version__, **_versions("torch", "transformers", "onnx")},
+        runtime=_versions("onnxruntime"),
+        source={"checkpoint": str(ckpt.resolve())},
+        created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    )
+    write_json_atomic(out / MANIFEST, manifest.to_json())
+    return Bundle.load(out)
+

@@ -1,0 +1,351 @@
+"""`merino-edge profile`: time every part of a MeRino model on this device.
+
+The parts (`merino_edge.export.parts`) are micro-graphs that
+`merino_edge.export.micro` exports through the same ONNX export path as whole
+models into a work directory, indexed by `graphs.json`.  This module times them,
+torch-free, on ONNX Runtime (or through any other runner factory, e.g. the
+torch one in `export.micro`), and writes the `DeviceProfile`.
+
+Timing follows the runtime: every input and output is bound once to a
+preallocated buffer (IOBinding), so a step costs what the graph costs.  Each
+grid point gets warm-up runs, then repetitions until a time target (between a
+minimum and a maximum count); the median and the interquartile range are kept.
+An empty graph gives the fixed per-call overhead, which is subtracted from
+every part.  Results are saved atomically after every part, so a killed run
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from merino_edge.arch import Axes
+from merino_edge.device_profile import BackendInfo, DeviceInfo, DeviceProfile, Measurement, PartTiming, Timing
+from merino_edge.errors import InputError, MissingDependencyError
+from merino_edge.export.bundle import write_json_atomic
+from merino_edge.export.parts import dims, example_input, read_graphs
+from merino_edge.jetson import board as board_info
+
+STATE_FILE = "partial.json"
+
+Runner = Callable[[], None]
+# runners(part, seq_len, past_len) -> a callable that runs the part once (synchronously);
+# a factory also has .graphs (the parts index), .backend_info and .gpu (see OrtRunners).
+RunnerFactory = Callable[[dict, int, int], Runner]
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Where and how often each part is timed."""
+
+    decode_contexts: tuple[int, ...]
+    prefill_lengths: tuple[int, ...]
+    warmup: int
+    min_repetitions: int
+    max_repetitions: int
+    seconds_per_point: float  # repeat until this much time is spent (within min..max repetitions)
+    quick: bool = False
+
+    def to_json(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+
+
+FULL = Grid((0, 128, 512, 1024, 2047), (16, 64, 256, 1024), warmup=5, min_repetitions=15, max_repetitions=300, seconds_per_point=0.6)
+QUICK = Grid((0, 512, 2047), (16, 128, 512), warmup=3, min_repetitions=7, max_repetitions=100, seconds_per_point=0.2, quick=True)
+
+
+# ------------------------------------------------------------------ timing
+
+
+def measure(run: Runner, warmup: int, min_reps: int, max_reps: int, seconds: float) -> tuple[float, float, int]:
+    """Median and IQR (ms) of `run`, and the repetitions used."""
+    for _ in range(warmup):
+        run()
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() < deadline):
+        start = time.perf_counter_ns()
+        run()
+        times.append((time.perf_counter_ns() - start) / 1e6)
+    q25, q50, q75 = np.percentile(times, [25, 50, 75])
+    return float(q50), float(q75 - q25), len(times)
+
+
+# ------------------------------------------------------------ ONNX Runtime
+
+
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
+    return onnxruntime
+
+
+def ort_session(path: Path, threads: int | None, provider: str = "CPUExecutionProvider"):
+    """A session configured as the runtime's ORT backend configures its own."""
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=[provider])
+
+
+def ort_runner(session, inputs: dict, outputs: dict, seq_len: int, past_len: int, vocab_size: int) -> Runner:
+    """Bind every input and output of `session` once to buffers shaped for one grid point."""
+    rng = np.random.default_rng(0)
+    io = session.io_binding()
+    keep = []  # buffers must outlive the binding
+    for arg in session.get_inputs():
+        shape = dims(inputs[arg.name], seq_len, past_len)
+        value = example_input(arg.name, shape, _ORT_DTYPES[arg.type], vocab_size, past_len, rng)
+        keep.append(value)
+        io.bind_cpu_input(arg.name, value)
+    for arg in session.get_outputs():
+        buffer = np.empty(dims(outputs[arg.name], seq_len, past_len), _ORT_DTYPES[arg.type])
+        keep.append(buffer)
+        io.bind_output(arg.name, "cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
+
+    def run() -> None:
+        session.run_with_iobinding(io)
+
+    run.buffers = keep  # type: ignore[attr-defined]
+    return run
+
+
+class OrtRunners:
+    """Runner factory over the ONNX micro-graphs of a work directory, on ONNX Runtime's CPU provider.
+
+    Like every runner factory it carries the parts index (`graphs`), the
+    `backend_info` for the profile and the GPU name (`gpu`, None here).
+    """
+
+    def __init__(self, workdir: str | Path, threads: int | None):
+        self.workdir, self.threads = Path(workdir), threads
+        self.graphs = read_graphs(self.workdir)
+        self.backend_info = BackendInfo(
+            name="ort",
+            precision=self.graphs["precision"],
+            provider="CPUExecutionProvider",
+            versions={"onnxruntime": _ort().__version__, "python": platform.python_version(), **self.graphs.get("exporter", {})},
+        )
+        self.gpu = None
+        self._sessions: dict[str, object] = {}
+
+    def __call__(self, part: dict, seq_len: int, past_len: int) -> Runner:
+        if part["name"] not in self._sessions:
+            self._sessions.clear()  # one part at a time keeps memory flat
+            self._sessions[part["name"]] = ort_session(self.workdir / part["file"], self.threads)
+        session = self._sessions[part["name"]]
+        return ort_runner(session, part["inputs"], part["outputs"], seq_len, past_len, self.graphs["model"]["vocab_size"])
+
+
+# -------------------------------------------------------------- profiling
+
+
+def describe_device(threads: int, gpu: str | None = None, root: str | Path = "/") -> DeviceInfo:
+    """A Jetson board (with power mode and clock state), else a GPU by name, else the CPU and threads."""
+    from merino_edge.jetson import power
+
+    board = board_info.detect_board(root)
+    if board is not None:
+        try:
+            mode = power.power_mode(root)
+            mode_name = f"{mode.id} ({mode.name})"
+        except Exception:  # noqa: BLE001 - nvpmodel missing or failing: the profile says unknown
+            mode_name = None
+        return DeviceInfo(
+            kind="jetson",
+            board=board.model,
+            l4t=board.l4t,
+            jetpack=board.jetpack,
+            power_mode=mode_name,
+            clocks_locked=board_info.clocks_locked(root),
+            cpu_model=board_info.cpu_model(root),
+            threads=threads,
+            gpu=gpu,
+        )
+    return DeviceInfo(kind="gpu" if gpu else "cpu", cpu_model=board_info.cpu_model(root), threads=threads, gpu=gpu)
+
+
+def _part_points(part: dict, grid: Grid) -> list[tuple[str, int, int]]:
+    """(phase, seq_len, past_len) of every point this part is timed at."""
+    contexts = grid.decode_contexts if part["kind"] == "layer" else grid.decode_contexts[:1]
+    return [("decode", 1, c) for c in contexts] + [("prefill", s, 0) for s in grid.prefill_lengths]
+
+
+def _weight(part: dict, grid: Grid) -> float:
+    """Rough relative cost of timing a part, for the progress bar's time left."""
+    size = float(part.get("params", 1))
+    return sum(max(size * s, 1e5) for _, s, _ in _part_points(part, grid)) + 1e6
+
+
+class _State:
+    """Raw per-part results in `partial.json`, saved atomically after every part."""
+
+    def __init__(self, path: Path, settings: dict):
+        self.path, self.settings = path, settings
+        self.parts: dict[str, dict] = {}
+        if path.exists():
+            try:
+                data = json.loads(path.read_text())
+            except ValueError:
+                data = {}
+            if data.get("settings") == settings:
+                self.parts = data.get("parts", {})
+            elif data:
+                raise InputError(f"{path} holds a partial profile made with other settings ({data.get('settings')}); use another --workdir or delete it")
+
+    def save(self) -> None:
+        write_json_atomic(self.path, {"settings": self.settings, "parts": self.parts})
+
+
+def profile_parts(
+    graphs: dict,
+    grid: Grid,
+    runners: RunnerFactory,
+    state_path: Path,
+    settings: dict,
+    progress: bool = True,
+) -> dict[str, dict]:
+    """Time every part of `graphs` at every grid point, resuming from `state_path`.
+
+    Returns {part name: {"decode": [[median, iqr, repetitions], ...], "prefill": [...]}}.
+    """
+    from tqdm import tqdm
+
+    state = _State(state_path, settings)
+    todo = [p for p in graphs["parts"] if p["name"] not in state.parts]
+    weights = {p["name"]: _weight(p, grid) for p in graphs["parts"]}
+    done_weight = sum(weights[name] for name in state.parts if name in weights)
+    bar = tqdm(
+        total=sum(weights.values()),
+        initial=done_weight,
+        disable=not progress,
+        desc="profile",
+        bar_format="{desc} {percentage:3.0f}%|{bar}| [{elapsed}<{remaining}]",
+    )
+    with bar:
+        for part in todo:
+            bar.set_description(f"profile {part['name']:<18}")
+            result: dict[str, list] = {"decode": [], "prefill": []}
+            for phase, seq_len, past_len in _part_points(part, grid):
+                run = runners(part, seq_len, past_len)
+                median, spread, reps = measure(run, grid.warmup, grid.min_repetitions, grid.max_repetitions, grid.seconds_per_point)
+                result[phase].append([median, spread, reps])
+            state.parts[part["name"]] = result
+            state.save()
+            bar.update(weights[part["name"]])
+    return state.parts
+
+
+def _net(raw: dict, overhead: float) -> PartTiming:
+    def timing(points):
+        return Timing(tuple(max(0.0, m - overhead) for m, _, _ in points), tuple(s for _, s, _ in points))
+
+    return PartTiming(timing(raw["decode"]), timing(raw["prefill"]))
+
+
+def assemble_profile(graphs: dict, results: dict, grid: Grid, device: DeviceInfo, backend: BackendInfo) -> DeviceProfile:
+    """Build the DeviceProfile from raw results: every part net of the measured call overhead."""
+    by_kind: dict[str, list[dict]] = {}
+    for part in graphs["parts"]:
+        if part["name"] not in results:
+            raise InputError(f"part {part['name']} has not been timed yet: run the profile again to finish it")
+        by_kind.setdefault(part["kind"], []).append(part)
+    overhead = results[by_kind["overhead"][0]["name"]]["decode"][0][0]
+    net = {p["name"]: _net(results[p["name"]], overhead) for p in graphs["parts"]}
+    model = graphs["model"]
+    return DeviceProfile(
+        device=device,
+        backend=backend,
+        measurement=Measurement(
+            warmup=grid.warmup,
+            repetitions=grid.min_repetitions,
+            max_repetitions=grid.max_repetitions,
+            seconds_per_point=grid.seconds_per_point,
+            quick=grid.quick,
+        ),
+        axes=Axes.from_json(graphs["space"]),
+        decode_contexts=grid.decode_contexts,
+        prefill_lengths=grid.prefill_lengths,
+        overhead_ms=overhead,
+        layers={(p["width"], p["ratio"]): net[p["name"]] for p in by_kind["layer"]},
+        embedding=net[by_kind["embedding"][0]["name"]],
+        projections={(p["in"], p["out"]): net[p["name"]] for p in by_kind["projection"]},
+        final_norms={p["width"]: net[p["name"]] for p in by_kind["final_norm"]},
+        head=net[by_kind["head"][0]["name"]],
+        vocab_size=model["vocab_size"],
+        proj_dim=model["proj_dim"],
+        head_dim=model["head_dim"],
+        max_positions=model["max_positions"],
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+
+
+def check_grid(grid: Grid, max_positions: int) -> Grid:
+    """Drop grid points past the model's positions; InputError if nothing is left."""
+    contexts = tuple(c for c in grid.decode_contexts if c + 1 <= max_positions)
+    lengths = tuple(s for s in grid.prefill_lengths if s <= max_positions)
+    if not contexts or not lengths:
+        raise InputError(f"no profile grid point fits max positions {max_positions}")
+    return replace(grid, decode_contexts=contexts, prefill_lengths=lengths)
+
+
+def profile_device(
+    workdir: str | Path,
+    out: str | Path,
+    *,
+    threads: int | None = None,
+    quick: bool = False,
+    grid: Grid | None = None,
+    runners: RunnerFactory | None = None,
+    progress: bool = True,
+) -> DeviceProfile:
+    """Time every part and write the device profile to `out`; partial results stay in `workdir`.
+
+    Without `runners` the ONNX micro-graphs of `workdir` run on ONNX Runtime
+    (`OrtRunners`); `export.micro.TorchRunners` times the torch modules instead.  Interrupted, it keeps what it timed; the next call
+    with the same `workdir` and settings continues from there.
+    """
+    workdir = Path(workdir)
+    threads = threads or board_info.usable_cpus()
+    if threads < 1:
+        raise InputError(f"threads: must be at least 1, got {threads}")
+    runners = runners or OrtRunners(workdir, threads)
+    graphs, backend = runners.graphs, runners.backend_info
+    grid = check_grid(grid or (QUICK if quick else FULL), graphs["model"]["max_positions"])
+    workdir.mkdir(parents=True, exist_ok=True)
+    settings = {"backend": backend.name, "precision": backend.precision, "threads": threads, "grid": grid.to_json()}
+    results = profile_parts(graphs, grid, runners, workdir / STATE_FILE, settings, progress=progress)
+    profile = assemble_profile(graphs, results, grid, describe_device(threads, runners.gpu), backend)
+    profile.save(out)
+    return profile
+
+
+def summary(profile: DeviceProfile) -> str:
+    """A few lines for the terminal: device, backend, grid and the range of layer costs."""
+    decode = [t.decode.median_ms[0] for t in profile.layers.values()]
+    lines = [
+        f"device:   {profile.device.describe()}",
+        f"backend:  {profile.backend.name} {profile.backend.precision} ({profile.backend.provider})",
+        f"grid:     decode contexts {list(profile.decode_contexts)}, prefill lengths {list(profile.prefill_lengths)}"
+        + (" (quick)" if profile.measurement.quick else ""),
+        f"overhead: {profile.overhead_ms:.3f} ms per call; head {profile.head.decode.median_ms[0]:.3f} ms per token",
+        f"layers:   {len(profile.layers)} (E, R); decode at context {profile.decode_contexts[0]}: "
+        f"{min(decode):.3f} .. {max(decode):.3f} ms",
+    ]
+    return "\n".join(lines)

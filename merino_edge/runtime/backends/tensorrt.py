@@ -1,0 +1,198 @@
+"""The TensorRT backend: the bundle's FP16 engine on the board's GPU.
+
+The engine is deserialized once and gets one execution context per
+optimization profile (``context`` for the prompt, ``generation`` for one token
+per step).  All device memory is allocated once, at the engine's limits; every
+tensor is addressed by name.  Each KV-cache tensor has two buffers of the full
+context length: a step reads `past` from one and writes `present` (past plus
+the new token) into the other, and the next step swaps their roles, so the
+cache is never copied on the host side.  Only the last position's logits come
+back to the host.
+
+A prompt longer than the engine's max_prompt is fed in two parts: the first
+max_prompt tokens through the context profile, the rest one token at a time.
+`Backend` (runtime/backend.py) keeps the attention mask, positions and limits.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
+from merino_edge.export.engine_record import (
+    CONTEXT,
+    ENGINE_NAME,
+    GENERATION,
+    EngineRecord,
+    HostInfo,
+    cache_tensor_names,
+    check_compatible,
+)
+from merino_edge.runtime.backend import Backend, positions_from_mask
+from merino_edge.runtime.backends.cuda_memory import CudaMemory, open_cuda
+
+INSTALL_HINT = (
+    "TensorRT is not installed: on a Jetson (JetPack 6) `sudo apt install python3-libnvinfer` "
+    "(a venv needs --system-site-packages) plus `pip install pycuda`; on x86 `pip install tensorrt pycuda`"
+)
+
+
+def import_tensorrt():
+    """The `tensorrt` module, or MissingDependencyError saying what to install."""
+    try:
+        import tensorrt
+    except ImportError:
+        raise MissingDependencyError(INSTALL_HINT) from None
+    return tensorrt
+
+
+def host_info(trt, cuda: CudaMemory) -> HostInfo:
+    """What an engine built or loaded here is tied to: TensorRT version, GPU, L4T/JetPack."""
+    from merino_edge.jetson.board import detect_board
+
+    gpu_name, capability = cuda.gpu()
+    board = detect_board()
+    return HostInfo(
+        tensorrt_version=trt.__version__,
+        gpu_name=gpu_name,
+        compute_capability=capability,
+        l4t=board.l4t if board else None,
+        jetpack=board.jetpack if board else None,
+    )
+
+
+def usable_engine(bundle, trt, cuda: CudaMemory) -> EngineRecord:
+    """The record of the bundle's engine if this machine may load it; else InputError or IncompatibleError saying why."""
+    data = bundle.engine_record
+    if data is None:
+        raise InputError(f"bundle {bundle.path} has no TensorRT engine: run `merino-edge build {bundle.path}` on this machine first")
+    record = EngineRecord.from_json(data)
+    check_compatible(record, host_info(trt, cuda), bundle.manifest.files.get(record.onnx_file), bundle=str(bundle.path))
+    return record
+
+
+class TensorRTBackend(Backend):
+    """Backend over the bundle's TensorRT engine (see the module docstring)."""
+
+    name = "tensorrt"
+    precision = "fp16"
+
+    def __init__(self, bundle, *, threads: int | None = None, provider: str | None = None, precision: str | None = None, device: int = 0):
+        """`threads` and `provider` are ONNX Runtime settings and are ignored; the engine is FP16."""
+        if precision not in (None, "fp16"):
+            raise InputError(f"the TensorRT backend runs the FP16 engine; precision {precision!r} is not available (use --backend ort)")
+        trt = import_tensorrt()
+        self._cuda = open_cuda(device)
+        try:
+            self.record = usable_engine(bundle, trt, self._cuda)
+            self._load(trt, bundle)
+        except BaseException:
+            self._cuda.close()
+            raise
+
+    def _load(self, trt, bundle) -> None:
+        record, cuda = self.record, self._cuda
+        self._logger = trt.Logger(trt.Logger.WARNING)
+        self._runtime = trt.Runtime(self._logger)
+        self._engine = self._runtime.deserialize_cuda_engine(bundle.engine_path(ENGINE_NAME).read_bytes())
+        if self._engine is None:
+            raise IncompatibleError(f"TensorRT could not load the engine of {bundle.path} (its log above says why); run `merino-edge build {bundle.path}` again")
+        self.max_batch, self.max_prompt, self.max_context = record.max_batch, record.max_prompt, record.max_context
+        self.vocab_size = bundle.arch.vocab_size
+        self._head_dim = bundle.arch.head_dim
+        self._caches = cache_tensor_names(bundle.arch)
+
+        def itemsize(tensor: str) -> int:
+            return np.dtype(trt.nptype(self._engine.get_tensor_dtype(tensor))).itemsize
+
+        b, s, t, v = self.max_batch, self.max_prompt, self.max_context, self.vocab_size
+        self._logits_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype("logits")))
+        self._ptr = {
+            "input_ids": cuda.alloc(b * s * 8),
+            "position_ids": cuda.alloc(b * s * 8),
+            "attention_mask": cuda.alloc(b * t * 8),
+            "logits": cuda.alloc(b * s * v * self._logits_dtype.itemsize),
+        }
+        self._kv = [tuple(cuda.alloc(b * heads * t * self._head_dim * itemsize(past)) for _ in range(2)) for past, _, heads in self._caches]
+        self._stage = {name: cuda.pinned((b * t,), np.int64) for name in ("input_ids", "position_ids", "attention_mask")}
+        self._last_logits = cuda.pinned((b, v), self._logits_dtype)
+
+        self._contexts = {}
+        for name in (CONTEXT, GENERATION):
+            ctx = self._engine.create_execution_context(trt.ExecutionContextAllocationStrategy.ON_PROFILE_CHANGE)
+            ctx.set_optimization_profile_async(record.profile_index(name), cuda.stream)
+            for tensor, ptr in self._ptr.items():
+                ctx.set_tensor_address(tensor, ptr)
+            self._contexts[name] = ctx
+        cuda.synchronize()
+        self._current = 0  # which buffer of each KV pair holds the past
+
+    # -------------------------------------------------------------- running
+
+    def _run(self, profile: str, input_ids, position_ids, attention_mask, *, keep_cache: bool = True) -> None:
+        """Enqueue one engine call on input_ids [b, seq] after the cached past; present goes to the other buffer."""
+        b, seq = input_ids.shape
+        past = attention_mask.shape[1] - seq
+        ctx = self._contexts[profile]
+        self._cuda.synchronize()  # the previous call's uploads are done before the staging buffers are rewritten
+        for tensor, values in (("input_ids", input_ids), ("position_ids", position_ids), ("attention_mask", attention_mask)):
+            stage = self._stage[tensor][: values.size]
+            stage[:] = values.ravel()
+            self._cuda.to_device(self._ptr[tensor], stage)
+            self._shape(ctx, profile, tensor, values.shape)
+        for (past_name, present_name, heads), pair in zip(self._caches, self._kv, strict=True):
+            self._shape(ctx, profile, past_name, (b, heads, past, self._head_dim))
+            ctx.set_tensor_address(past_name, pair[self._current])
+            ctx.set_tensor_address(present_name, pair[1 - self._current])
+        if not ctx.execute_async_v3(self._cuda.stream):
+            raise RuntimeError(f"TensorRT execution failed ({profile} profile, batch {b}, seq {seq}, past {past}); see its log above")
+        if keep_cache:
+            self._current = 1 - self._current
+
+    @staticmethod
+    def _shape(ctx, profile: str, tensor: str, shape: tuple[int, ...]) -> None:
+        if not ctx.set_input_shape(tensor, shape):
+            raise InputError(f"{tensor} shape {tuple(shape)} is outside the engine's {profile} profile (see `merino-edge build --help` for its limits)")
+
+    def _copy_last(self, last: np.ndarray, offset: int, seq: int) -> None:
+        """Enqueue the copy of logits[r, last[r] - offset] for the rows whose last token is in this call."""
+        row_bytes = self.vocab_size * self._logits_dtype.itemsize
+        for r, col in enumerate(last - offset):
+            if 0 <= col < seq:
+                self._cuda.to_host(self._last_logits[r], self._ptr["logits"] + (r * seq + int(col)) * row_bytes)
+
+    def _forward(self, input_ids, position_ids, attention_mask, last):
+        b, s = input_ids.shape
+        past = attention_mask.shape[1] - s
+        with self._cuda.active():
+            start = 0
+            if past == 0:  # the prompt: as much as the context profile takes
+                start = min(s, self.max_prompt)
+                self._run(CONTEXT, input_ids[:, :start], position_ids[:, :start], attention_mask[:, :start])
+                self._copy_last(last, 0, start)
+            for t in range(start, s):  # then one token per call
+                self._run(GENERATION, input_ids[:, t : t + 1], position_ids[:, t : t + 1], attention_mask[:, : past + t + 1])
+                self._copy_last(last, t, 1)
+            self._cuda.synchronize()
+        return np.array(self._last_logits[:b], dtype=np.float32)
+
+    def _reset(self) -> None:
+        pass  # the past length is the attention mask's; a prefill starts from an empty past
+
+    def score(self, input_ids, attention_mask=None) -> np.ndarray:
+        ids, mask = self._check_inputs(input_ids, attention_mask)
+        b, s = ids.shape
+        if s > self.max_prompt:
+            raise InputError(f"score: {s} tokens exceed the engine's max prompt of {self.max_prompt} (export the bundle with a larger --max-prompt and build again)")
+        out = np.empty((b, s, self.vocab_size), dtype=self._logits_dtype)
+        with self._cuda.active():
+            self._run(CONTEXT, ids, positions_from_mask(mask), mask, keep_cache=False)
+            self._cuda.to_host(out, self._ptr["logits"])
+            self._cuda.synchronize()
+        return out.astype(np.float32, copy=False)
+
+    def close(self) -> None:
+        """Free the GPU memory now (the backend is unusable afterwards)."""
+        self._contexts = {}
+        self._engine = None
+        self._cuda.close()

@@ -1,0 +1,480 @@
+"""`merino-edge serve`: the OpenAI-style HTTP API on a Unix socket (and optionally TCP).
+
+Endpoints: `POST /v1/completions`, `POST /v1/chat/completions` (both with SSE
+streaming), `GET /v1/models`, `GET /v1/models/{id}`, `GET /health` (503 while
+the model loads or the server shuts down, 200 when ready).  Metrics are served
+apart, on TCP (`metrics.py`).
+
+Requests are served in turn: one generation at a time, FIFO, behind a bounded
+queue (`scheduler.py` says why); a full queue answers 429.  A client that
+disconnects cancels its generation (waiting or running) and frees its slot.
+On SIGTERM (or Ctrl-C) the server stops accepting connections, lets running
+and queued requests finish for up to `shutdown_grace` seconds, cancels what is
+left, and removes its socket.
+
+Security: the Unix socket is mode 0660 (the service user and group only) and
+needs no key.  TCP listens on loopback unless told otherwise; a non-loopback
+address needs an API key (`--api-key` or `MERINO_EDGE_API_KEY`), which every
+TCP request but `/health` must then send as `Authorization: Bearer KEY`.
+
+Errors use OpenAI's body `{"error": {"message", "type", "param", "code"}}`:
+400 bad JSON, invalid UTF-8, wrong types, unknown fields, bad sampling values,
+prompt over the context; 401 wrong key; 404 unknown route or model; 405 wrong
+method; 413 body over `max_body_bytes`; 429 queue full; 503 loading or
+shutting down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import os
+import signal
+import threading
+import traceback
+from pathlib import Path
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
+
+from merino_edge.errors import InputError, MerinoError
+from merino_edge.export.bundle import Bundle
+from merino_edge.runtime.api_responses import DONE, ResponseWriter, public_timings, sse
+from merino_edge.runtime.api_schema import APIError, ApiRequest, parse_chat_request, parse_completion_request, parse_json_body
+from merino_edge.runtime.metrics import DEFAULT_METRICS_ADDR, ServerMetrics, start_metrics_server, start_tegrastats
+from merino_edge.runtime.scheduler import Done, Failed, GenerationQueue, Job
+from merino_edge.runtime.socket_path import (
+    bind_tcp_socket,
+    bind_unix_socket,
+    default_socket_path,
+    is_loopback,
+    parse_host_port,
+    remove_socket,
+)
+
+log = logging.getLogger("merino_edge.server")
+
+DEFAULT_QUEUE_SIZE = 32
+DEFAULT_MAX_BODY_BYTES = 1 << 20
+DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions; chat defaults to the rest of the context
+API_KEY_ENV = "MERINO_EDGE_API_KEY"
+# An oversized body is read and dropped up to this many bytes so the client gets its 413 instead of a reset connection.
+DRAIN_LIMIT_BYTES = 16 << 20
+
+
+class ServerState:
+    """What the handlers share: the bundle, the model once loaded, the queue and the metrics."""
+
+    def __init__(self, bundle: Bundle, metrics: ServerMetrics, *, model_id: str | None = None, queue_size: int = DEFAULT_QUEUE_SIZE,
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, api_key: str | None = None):
+        self.bundle = bundle
+        self.metrics = metrics
+        self.model_id = model_id or bundle.path.resolve().name
+        self.queue_size = queue_size
+        self.max_body_bytes = max_body_bytes
+        self.api_key = api_key
+        self.status = "loading"  # -> "ready" | "failed" | "shutting_down"
+        self.load_error: BaseException | None = None
+        self.generator = None
+        self.tokenizer = None
+        self.queue: GenerationQueue | None = None
+        self.max_context = bundle.max_context
+        self.vocab_size = bundle.arch.vocab_size
+
+    def load(self, backend: str = "auto", threads: int | None = None) -> None:
+        """Create the backend, tokenizer and generator, then start serving (slow: run it off the event loop)."""
+        from merino_edge.runtime import Generator, SamplingParams, create_backend
+        from merino_edge.tokenizer import Tokenizer
+
+        engine = create_backend(self.bundle, backend, threads=threads)
+        self.tokenizer = Tokenizer(self.bundle.tokenizer_path)
+        self.generator = Generator(engine, self.tokenizer)
+        self.max_context = engine.max_context
+        self.queue = GenerationQueue(self.generator, SamplingParams, self.metrics, max_waiting=self.queue_size)
+        self.metrics.set_model(self.model_id, engine.name, engine.precision)
+        self.metrics.ready.set(1)
+        self.status = "ready"
+        log.info("model %s ready on %s (%s)", self.model_id, engine.name, engine.precision)
+
+    def close(self) -> None:
+        self.status = "shutting_down"
+        self.metrics.ready.set(0)
+        if self.queue is not None:
+            self.queue.close()
+
+    # ------------------------------------------------------------ requests
+
+    def require_ready(self) -> None:
+        if self.status != "ready":
+            what = "the model is still loading" if self.status == "loading" else f"the server is {self.status.replace('_', ' ')}"
+            raise APIError(503, f"{what}; retry shortly", type="server_error", code="model_not_ready")
+
+    def authorize(self, request: Request) -> None:
+        """TCP requests must carry the API key when one is set; the Unix socket is guarded by its file mode."""
+        server = request.scope.get("server")
+        over_tcp = server is not None and server[1] is not None
+        if not (over_tcp and self.api_key):
+            return
+        scheme, _, key = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+            raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
+
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_id:
+            raise APIError(404, f"The model '{model}' does not exist; this server serves '{self.model_id}'", param="model", code="model_not_found")
+
+    def prepare(self, req: ApiRequest) -> tuple[list[int], dict]:
+        """Prompt token ids and SamplingParams keywords of a validated request, checked against the context."""
+        stops = tuple(req.sampling.get("stop", ()))
+        if req.endpoint == "chat":
+            prompt = self.bundle.chat_template.render(req.messages)
+            stops += tuple(s for s in self.bundle.chat_template.stop if s not in stops)
+        else:
+            prompt = req.prompt
+        prompt_ids = self.generator.encode(prompt)
+        prompt_tokens = len(prompt_ids)
+        room = self.max_context - prompt_tokens
+        param = "messages" if req.endpoint == "chat" else "prompt"
+        if prompt_tokens > self.bundle.max_prompt:
+            raise APIError(400, f"the {param} has {prompt_tokens} tokens; this model accepts prompts of at most {self.bundle.max_prompt}",
+                           param=param, code="context_length_exceeded")
+        if req.max_tokens is None:
+            max_tokens = min(DEFAULT_COMPLETION_MAX_TOKENS, room) if req.endpoint == "completions" else room
+        else:
+            max_tokens = req.max_tokens
+        if max_tokens < 1 or max_tokens > room:
+            raise APIError(
+                400,
+                f"This model's maximum context length is {self.max_context} tokens. However, you requested "
+                f"{prompt_tokens + max(max_tokens, 1)} tokens ({prompt_tokens} in the {param}, {max(max_tokens, 1)} in the completion). "
+                f"Please reduce the length of the {param} or the max_tokens.",
+                param="max_tokens" if req.max_tokens is not None and room > 0 else param,
+                code="context_length_exceeded",
+            )
+        sampling = {**req.sampling, "stop": stops, "max_tokens": max_tokens}
+        return prompt_ids, sampling
+
+
+# ------------------------------------------------------------------ handlers
+
+
+def _error(exc: APIError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, or APIError 413 once it exceeds `limit` (after draining it, so the client reads the answer)."""
+    declared = request.headers.get("content-length")
+    too_big = declared is not None and declared.isdigit() and int(declared) > limit
+    body, size = bytearray(), 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            too_big = True
+        if too_big:
+            if size > DRAIN_LIMIT_BYTES:
+                break
+            continue
+        body += chunk
+    if too_big:
+        raise APIError(413, f"the request body is larger than this server accepts ({limit} bytes)", code="request_too_large")
+    return bytes(body)
+
+
+async def _wait_disconnect(receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _collect(job: Job) -> tuple[str, Done | Failed]:
+    parts = []
+    while True:
+        event = await job.events.get()
+        if isinstance(event, Done | Failed):
+            return "".join(parts), event
+        parts.append(event.text)
+
+
+def _raise_failure(event: Failed) -> None:
+    if isinstance(event.error, APIError):
+        raise event.error
+    log.error("generation failed:\n%s", "".join(traceback.format_exception(event.error)))
+    raise APIError(500, "the generation failed inside the server (see its log)", type="server_error", code="internal_error")
+
+
+class EventStream(Response):
+    """An SSE response that watches for the client going away and then stops the generation."""
+
+    def __init__(self, chunks, on_close):
+        # Not Response.__init__: it would declare a Content-Length for the empty body.
+        self.status_code = 200
+        self.background = None
+        self.raw_headers = [(b"content-type", b"text/event-stream; charset=utf-8"), (b"cache-control", b"no-cache"), (b"x-accel-buffering", b"no")]
+        self.chunks = chunks
+        self.on_close = on_close
+
+    async def __call__(self, scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+
+        async def pump():
+            async for chunk in self.chunks:
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        sender = asyncio.ensure_future(pump())
+        watcher = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            await asyncio.wait({sender, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            sender.cancel()
+            self.on_close()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            await self.chunks.aclose()
+
+
+async def _stream(job: Job, writer: ResponseWriter, include_usage: bool):
+    if writer.chat:
+        yield writer.chunk(None, role=True)
+    while True:
+        event = await job.events.get()
+        if isinstance(event, Failed):
+            try:
+                _raise_failure(event)
+            except APIError as exc:
+                yield sse(exc.body())
+            return
+        if isinstance(event, Done):
+            if event.finish_reason == "cancelled":
+                yield sse(APIError(503, "the generation was cancelled (server shutting down)", type="server_error", code="cancelled").body())
+                return
+            yield writer.chunk(None, event.finish_reason, timings=public_timings(event.timings, event.completion_tokens))
+            if include_usage:
+                yield writer.usage_chunk(job.prompt_tokens, event.completion_tokens)
+            yield DONE
+            return
+        if event.text:
+            yield writer.chunk(event.text)
+
+
+async def _generate(request: Request, endpoint: str) -> Response:
+    state: ServerState = request.app.state.merino
+    try:
+        state.authorize(request)
+        try:
+            body = await _read_body(request, state.max_body_bytes)
+        except ClientDisconnect:  # gone before sending the whole body
+            state.metrics.outcome("cancelled")
+            return Response(status_code=204)
+        data = parse_json_body(body)
+        req = parse_chat_request(data) if endpoint == "chat" else parse_completion_request(data, state.vocab_size)
+        state.check_model(req.model)
+        state.require_ready()
+        prompt_ids, sampling = await asyncio.to_thread(state.prepare, req)  # tokenizing a long prompt takes a moment
+        job = Job(prompt_ids, sampling, len(prompt_ids))
+        state.queue.submit(job)
+    except APIError as exc:
+        state.metrics.outcome("rejected" if exc.status in (429, 503) else "invalid")
+        return _error(exc)
+    writer = ResponseWriter(endpoint, state.model_id, req.include_usage)
+    if req.stream:
+        return EventStream(_stream(job, writer, req.include_usage), on_close=lambda: state.queue.cancel(job))
+
+    collector = asyncio.ensure_future(_collect(job))
+    watcher = asyncio.ensure_future(_wait_disconnect(request.receive))
+    try:
+        await asyncio.wait({collector, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not collector.done():  # the client went away: nobody will read an answer
+            return Response(status_code=204)
+        text, event = collector.result()
+    finally:
+        watcher.cancel()
+        collector.cancel()
+        state.queue.cancel(job)  # no-op for a finished job
+    try:
+        if isinstance(event, Failed):
+            _raise_failure(event)
+        if event.finish_reason == "cancelled":
+            raise APIError(503, "the generation was cancelled (server shutting down)", type="server_error", code="cancelled")
+    except APIError as exc:
+        return _error(exc)
+    return JSONResponse(writer.body(text, event.finish_reason, job.prompt_tokens, event.completion_tokens, event.timings))
+
+
+def create_app(state: ServerState) -> FastAPI:
+    """The ASGI app over `state`; serving it (socket, signals) is `serve`'s job."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        yield
+        state.close()
+
+    app = FastAPI(title="merino-edge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.merino = state
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        return await _generate(request, "completions")
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request):
+        return await _generate(request, "chat")
+
+    def model_card() -> dict:
+        return {"id": state.model_id, "object": "model", "created": int(state.bundle.path.stat().st_mtime), "owned_by": "merino-edge",
+                "max_context": state.max_context}
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        try:
+            state.authorize(request)
+        except APIError as exc:
+            return _error(exc)
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model:path}")
+    async def model(request: Request, model: str):
+        try:
+            state.authorize(request)
+            state.check_model(model)
+        except APIError as exc:
+            return _error(exc)
+        return model_card()
+
+    @app.get("/health")
+    async def health():
+        body = {"status": state.status, "model": state.model_id}
+        if state.queue is not None:
+            body.update(queue_depth=state.queue.depth, running=state.queue.running)
+        return JSONResponse(body, status_code=200 if state.status == "ready" else 503)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if exc.status_code == 404:
+            message = f"Invalid URL ({request.method} {request.url.path})"
+        elif exc.status_code == 405:
+            message = f"Method {request.method} is not allowed for {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return _error(APIError(exc.status_code, message))
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):
+        state.metrics.outcome("failed")
+        return _error(APIError(500, "internal server error (see the server log)", type="server_error", code="internal_error"))
+
+    return app
+
+
+# -------------------------------------------------------------------- serving
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, told about shutdown early, and exiting 0 after a clean SIGTERM instead of re-raising it."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState):
+        super().__init__(config)
+        self.state = state
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        originals = {sig: signal.signal(sig, self.handle_exit) for sig in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            yield
+        finally:
+            for sig, handler in originals.items():
+                signal.signal(sig, handler)
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.state.status != "failed":
+            self.state.status = "shutting_down"
+        self.state.metrics.ready.set(0)
+        super().handle_exit(sig, frame)
+
+
+def _api_key_for(tcp: str | None, api_key: str | None) -> tuple[tuple[str, int] | None, str | None]:
+    api_key = api_key or os.environ.get(API_KEY_ENV) or None
+    if tcp is None:
+        return None, api_key
+    host, port = parse_host_port(tcp, "--tcp")
+    if not is_loopback(host) and not api_key:
+        raise InputError(f"--tcp {tcp} is not a loopback address: it needs an API key (--api-key or {API_KEY_ENV})")
+    return (host, port), api_key
+
+
+def serve(
+    bundle_dir: str | Path,
+    *,
+    socket_path: str | Path | None = None,
+    metrics_addr: str | None = DEFAULT_METRICS_ADDR,
+    tcp: str | None = None,
+    api_key: str | None = None,
+    backend: str = "auto",
+    threads: int | None = None,
+    queue_size: int = DEFAULT_QUEUE_SIZE,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    shutdown_grace: float = 10.0,
+) -> None:
+    """Serve a bundle until SIGTERM / Ctrl-C.  `metrics_addr=None` serves no metrics."""
+    if queue_size < 0:
+        raise InputError(f"--queue-size must be >= 0, got {queue_size}")
+    if max_body_bytes < 1024:
+        raise InputError(f"--max-body-bytes must be at least 1024, got {max_body_bytes}")
+    tcp_addr, api_key = _api_key_for(tcp, api_key)
+    bundle = Bundle.load(bundle_dir)
+    metrics = ServerMetrics()
+    state = ServerState(bundle, metrics, queue_size=queue_size, max_body_bytes=max_body_bytes, api_key=api_key)
+    socket_path = Path(socket_path) if socket_path else default_socket_path()
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=logging.INFO, format="merino-edge: %(message)s")
+    sockets = [bind_unix_socket(socket_path)]
+    inode = os.stat(socket_path).st_ino
+    metrics_httpd = tegrastats = None
+    try:
+        if tcp_addr is not None:
+            sockets.append(bind_tcp_socket(*tcp_addr))
+        if metrics_addr:
+            metrics_httpd, (mhost, mport) = start_metrics_server(metrics_addr, metrics.registry)
+            log.info("metrics on http://%s:%d/metrics", mhost, mport)
+        tegrastats = start_tegrastats(metrics)
+        config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, http="h11", lifespan="on",
+                                timeout_graceful_shutdown=shutdown_grace)
+        server = _Server(config, state)
+
+        def load():
+            try:
+                state.load(backend, threads)
+            except BaseException as exc:  # reported after the server has stopped
+                state.load_error, state.status = exc, "failed"
+                server.should_exit = True
+
+        threading.Thread(target=load, name="merino-edge-load", daemon=True).start()
+        where = f"unix:{socket_path}" + (f" and http://{tcp_addr[0]}:{tcp_addr[1]}" if tcp_addr else "")
+        log.info("serving %s on %s (loading the model)", state.model_id, where)
+        server.run(sockets=sockets)
+    finally:
+        remove_socket(socket_path, inode)
+        for sock in sockets:
+            sock.close()
+        if metrics_httpd is not None:
+            metrics_httpd.shutdown()
+            metrics_httpd.server_close()
+        if tegrastats is not None:
+            tegrastats.stop()
+        state.close()
+    if state.load_error is not None:
+        if isinstance(state.load_error, MerinoError):
+            raise state.load_error
+        raise RuntimeError("loading the model failed") from state.load_error
+    log.info("stopped")

@@ -1,0 +1,153 @@
+"""Budgets and the costs they bound: params, FLOPs, memory and predicted latency.
+
+Every cost of an architecture is additive over its parts:
+
+    cost(arch) = fixed(widths) + sum_j block_cost(E_j, R_j, L_j)
+
+where `fixed` (embeddings, projections between the widths, final norm, LM head,
+call overhead) depends only on the tuple of widths.  `Costs` tabulates both
+halves for a search space so that the evolutionary and the exact solver can
+price whole populations with numpy indexing.  The tables are made by asking
+the cost model itself (`ArchSpec` and the `LatencyModel`) about small archs,
+so a tabulated cost always equals the cost model's answer for the full arch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import numpy as np
+
+from merino_edge.arch import FLOPS_SEQ_LEN, ArchSpec, Block
+from merino_edge.errors import InputError
+from merino_edge.search.space import DEPTH, RATIO, WIDTH, SearchSpace
+from merino_edge.units import format_count
+
+SCHEMA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Upper bounds an architecture must meet; None means unbounded."""
+
+    params: int | None = None  # unique parameters
+    flops: int | None = None  # forward FLOPs at batch 1 over `flops_seq_len` tokens
+    memory: int | None = None  # bytes: weights + KV cache at `memory_context` tokens
+    latency_ms: float | None = None  # predicted decode ms per token at `latency_context`
+    flops_seq_len: int = FLOPS_SEQ_LEN
+    memory_context: int = 2048
+    memory_bytes_per_value: int = 2  # fp16 weights and cache, as on the board
+    latency_context: int = 512
+
+    def __post_init__(self) -> None:
+        for name in ("params", "flops", "memory", "latency_ms"):
+            value = getattr(self, name)
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise InputError(f"budget {name}: must be a positive number, got {value!r}")
+        for name in ("flops_seq_len", "memory_bytes_per_value"):
+            if getattr(self, name) < 1:
+                raise InputError(f"budget {name}: must be >= 1, got {getattr(self, name)!r}")
+        for name in ("memory_context", "latency_context"):
+            if getattr(self, name) < 0:
+                raise InputError(f"budget {name}: must be >= 0, got {getattr(self, name)!r}")
+
+    def limits(self) -> dict[str, float]:
+        """The bounded metrics and their limits, in a fixed order."""
+        return {k: getattr(self, k) for k in ("params", "flops", "memory", "latency_ms") if getattr(self, k) is not None}
+
+    def describe(self) -> str:
+        parts = []
+        if self.params is not None:
+            parts.append(f"params <= {format_count(self.params)}")
+        if self.flops is not None:
+            parts.append(f"FLOPs <= {format_count(self.flops)} (S={self.flops_seq_len})")
+        if self.memory is not None:
+            parts.append(f"memory <= {format_count(self.memory)}B (weights + KV at {self.memory_context} tokens)")
+        if self.latency_ms is not None:
+            parts.append(f"decode latency <= {self.latency_ms:g} ms (context {self.latency_context})")
+        return ", ".join(parts) or "unbounded"
+
+    def to_json(self) -> dict:
+        return {"schema_version": SCHEMA_VERSION, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    @classmethod
+    def from_json(cls, data: dict) -> Budget:
+        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
+            raise InputError(f"budget: expected an object with schema_version {SCHEMA_VERSION}")
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+def metric_functions(budget: Budget, latency=None) -> dict[str, Callable[[ArchSpec], float]]:
+    """How each bounded metric prices a whole architecture (the cost model's own answer)."""
+    out = {
+        "params": lambda a: a.params(),
+        "flops": lambda a: a.flops(budget.flops_seq_len).total,
+        "memory": lambda a: a.memory_bytes(budget.memory_context, budget.memory_bytes_per_value),
+    }
+    if latency is not None:
+        out["latency_ms"] = lambda a: latency.decode_ms(a, budget.latency_context)
+    return out
+
+
+class Costs:
+    """The budget's metrics tabulated over a search space.
+
+    `block[k]` has shape (widths, ratios, depths): metric k of one block;
+    `fixed[k]` has one value per row of `space.width_tuples()`.
+    """
+
+    def __init__(self, space: SearchSpace, budget: Budget, latency=None):
+        if budget.latency_ms is not None and latency is None:
+            raise InputError("a latency budget needs a device profile (--profile)")
+        self.space, self.budget = space, budget
+        self.limits = budget.limits()
+        functions = metric_functions(budget, latency)
+        self.names = list(self.limits)
+        self.tuples = space.width_tuples()
+        self._keys = self._key(self.tuples)
+        a = space.axes
+        w, r, d = space.shape
+        self.block = {}
+        self.fixed = {}
+        for name in self.names:
+            price = functions[name]
+            single = np.array(
+                [price(ArchSpec(blocks=(Block(a.widths[i], a.ratios[k], a.depths[m]),))) for i in range(w) for k in range(r) for m in range(d)]
+            ).reshape(w, r, d)
+            # A one-block arch is fixed(E) + block(E, R, L); fixed does not change with R and L.
+            block = single - single[:, :1, :1]
+            block += self._layer_only(name, price, a.widths, a.ratios[0], a.depths[0])[:, None, None]
+            self.block[name] = block
+            base = np.array([price(space.to_arch(np.stack([t, np.zeros_like(t), np.zeros_like(t)], axis=1))) for t in self.tuples])
+            self.fixed[name] = base - block[self.tuples, 0, 0].sum(axis=1)
+
+    @staticmethod
+    def _layer_only(name, price, widths, ratio, depth) -> np.ndarray:
+        """block(E, R0, L0): the two-block difference that removes everything fixed."""
+        # arch(E, E) - arch(E) adds one block and no projection: exactly block(E, R0, L0).
+        two = np.array([price(ArchSpec(blocks=(Block(e, ratio, depth),) * 2)) for e in widths])
+        one = np.array([price(ArchSpec(blocks=(Block(e, ratio, depth),))) for e in widths])
+        return two - one
+
+    def _key(self, width_idx: np.ndarray) -> np.ndarray:
+        base = self.space.shape[0] ** np.arange(self.space.blocks - 1, -1, -1)
+        return np.asarray(width_idx) @ base
+
+    def tuple_index(self, genomes: np.ndarray) -> np.ndarray:
+        """Row of `width_tuples()` for each genome's widths."""
+        return np.searchsorted(self._keys, self._key(genomes[..., WIDTH]))
+
+    def evaluate(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
+        """Every metric of every genome, shape (n,) each."""
+        g = np.asarray(genomes)
+        t = self.tuple_index(g)
+        return {k: self.fixed[k][t] + self.block[k][g[..., WIDTH], g[..., RATIO], g[..., DEPTH]].sum(axis=-1) for k in self.names}
+
+    def feasible(self, genomes: np.ndarray) -> np.ndarray:
+        values = self.evaluate(genomes)
+        ok = np.ones(len(genomes), dtype=bool)
+        for k in self.names:
+            ok &= values[k] <= self.limits[k]
+        return ok
