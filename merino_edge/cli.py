@@ -45,7 +45,7 @@ def _add_search(p: argparse.ArgumentParser) -> None:
             try:
                 return parse(text, what)
             except MerinoError as exc:
-                raise argparse.ArgumentTypeError(str(exc)) from None
+                raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{what}: ")) from None
 
         convert.__name__ = what
         return convert
@@ -397,7 +397,7 @@ def _run_complete(args: argparse.Namespace) -> int:
 
 def _add_profile(p: argparse.ArgumentParser) -> None:
     p.usage = (
-        "merino-edge profile [--backend ort|torch] [--precision fp32|fp16] [--threads N] [--quick] [--out profile.json] [--workdir DIR]\n"
+        "merino-edge profile [--backend ort|torch] [--precision fp32|fp16] [--threads N] [--quick] [--clock wall|cpu] [--out profile.json] [--workdir DIR]\n"
         "       merino-edge profile validate PROFILE.json [--archs 30] [--seed 0] [--out DIR] [--workdir DIR]"
     )
     p.add_argument("action", nargs="?", choices=["validate"], help="validate: time random whole models against PROFILE's predictions")
@@ -407,6 +407,7 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch backend: cpu or cuda (default cuda when available)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every CPU this process may use)")
     p.add_argument("--quick", action="store_true", help="fewer contexts, lengths and repetitions (every (E, R) is still timed)")
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: time this process's CPU time, for a machine busy with other work (needs --threads 1)")
     p.add_argument("--out", default=None, help="profile: the JSON to write (default profile.json); validate: a folder (default validation/)")
     p.add_argument("--workdir", default=None, help="micro-graphs and partial results, kept for resuming (default: beside --out)")
     p.add_argument("--archs", type=int, default=30, help="validate: random architectures to time (default 30)")
@@ -436,8 +437,6 @@ def _run_profile(args: argparse.Namespace) -> int:
         print(validate_profile(args.profile, models, out).summary())
         print(f"wrote {out / 'validation.json'} and {out / 'validation.png'}")
         return 0
-    if args.profile:
-        fail(f"profile: unexpected argument {args.profile!r} (did you mean: profile validate {args.profile}?)")
     from merino_edge.export.parts import GRAPHS_FILE
     from merino_edge.jetson.profile import profile_device, summary
 
@@ -455,7 +454,7 @@ def _run_profile(args: argparse.Namespace) -> int:
             runners = micro.TorchRunners(args.precision, args.device, args.threads)
         else:
             micro.export_micro_graphs(workdir, precision=args.precision)
-    profile = profile_device(workdir, out, threads=args.threads, quick=args.quick, runners=runners)
+    profile = profile_device(workdir, out, threads=args.threads, quick=args.quick, clock=args.clock, runners=runners)
     print(summary(profile))
     print(f"wrote {out}")
     return 0

@@ -111,12 +111,13 @@ class BackendInfo:
 class Measurement:
     """How each timing was taken."""
 
-    warmup: int
-    repetitions: int  # at least this many per grid point ...
+    warmup: int  # runs before timing (1 for runs slower than seconds_per_point)
+    repetitions: int  # at least this many per grid point (3 for runs slower than seconds_per_point) ...
     max_repetitions: int | None = None  # ... and more, up to this many, until seconds_per_point is spent
     seconds_per_point: float | None = None
     statistic: str = "median"
     spread: str = "iqr"  # interquartile range of the repetitions
+    clock: str = "wall"  # wall: elapsed time; cpu: this process's CPU time (one thread; immune to other load)
     quick: bool = False
 
 
@@ -219,13 +220,16 @@ class DeviceProfile:
                 raise InputError(f"device profile: device.kind {device.kind!r} is not one of {', '.join(DEVICE_KINDS)}")
             if backend.name not in BACKENDS:
                 raise InputError(f"device profile: backend.name {backend.name!r} is not one of {', '.join(BACKENDS)}")
+            measurement = _build(Measurement, data["measurement"], "measurement")
+            if measurement.clock not in ("wall", "cpu"):
+                raise InputError(f"device profile: measurement.clock {measurement.clock!r} is not wall or cpu")
             overhead = float(data["overhead_ms"])
             if not math.isfinite(overhead) or overhead < 0:
                 raise InputError(f"device profile: overhead_ms must be a non-negative number, got {overhead!r}")
             return cls(
                 device=device,
                 backend=backend,
-                measurement=_build(Measurement, data["measurement"], "measurement"),
+                measurement=measurement,
                 axes=Axes.from_json(data["space"]),
                 decode_contexts=contexts,
                 prefill_lengths=lengths,

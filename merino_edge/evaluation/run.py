@@ -62,7 +62,9 @@ class EvalReport:
         """A Table-2-like text table: task, metric, value, stderr, samples, the paper's MeRino-61M."""
 
         def num(x: float | None) -> str:
-            return "-" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.4f}"
+            if x is None or math.isnan(x):
+                return "-"
+            return f"{x:.4f}" if abs(x) < 1e4 else f"{x:.3e}"  # a perplexity can be huge
 
         lines = [f"{'task':<16} {'metric':<11} {'value':>9} {'stderr':>8} {'n':>6}   {'paper MeRino-61M':>16}"]
         for r in self.rows:

@@ -18,6 +18,7 @@ import os
 import platform
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -111,8 +112,6 @@ def build_module(part: dict, model: dict) -> nn.Module:
 
 def _example_inputs(part: dict, model: dict, seq_len: int, past_len: int, dtype: torch.dtype, device="cpu") -> tuple:
     """Tensors for a part's inputs; float inputs in `dtype` except the float32 attention bias."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     out = []
     for name, template in part["inputs"].items():

@@ -87,7 +87,7 @@ class CausalLMGraph(nn.Module):
         self.model = model
 
     def forward(self, input_ids, position_ids, attention_mask, *past):
-        cache = _ExplicitCache(zip(past[0::2], past[1::2]))
+        cache = _ExplicitCache(zip(past[0::2], past[1::2], strict=True))
         logits = self.model(input_ids, attention_mask, position_ids, cache, use_cache=True).logits
         return (logits, *[t for present in cache.presents for t in present])
 
@@ -133,8 +133,9 @@ def export_module(
     """Export any torch module with named, dynamic inputs/outputs the way the model graph is exported.
 
     `args` are example tensors (float ones are cast to float16 with `fp16`); the
-    graph lands at `out_path` with its weights in `<name>.data` beside it, passes
-    `onnx.checker` and the operator check, and the module itself is left unchanged.
+    module is exported from a CPU copy in the graph's precision when it is
+    elsewhere, so it is never changed.  The graph lands at `out_path` with its
+    weights in `<name>.data` beside it and passes `onnx.checker` and the operator check.
     """
     return _export(module, args, input_names, output_names, dynamic_axes, out_path, fp16=fp16, opset=opset)
 
@@ -190,9 +191,10 @@ def _export(module, args, input_names, output_names, dynamic_axes, out_path, *, 
     if len(args) != len(input_names):
         raise InputError(f"export: {len(args)} example inputs but {len(input_names)} input names")
     out_path = Path(out_path)
-    if fp16:
-        module = copy.deepcopy(module).half()
-        args = tuple(a.half() if a.is_floating_point() else a for a in args)
+    dtype = torch.float16 if fp16 else torch.float32
+    if any(p.dtype != dtype or p.device.type != "cpu" for p in module.parameters()):
+        module = copy.deepcopy(module).to(device="cpu", dtype=dtype)
+    args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
     with tempfile.TemporaryDirectory() as tmp, torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript exporter's notice
         raw = Path(tmp) / "graph.onnx"

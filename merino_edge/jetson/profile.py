@@ -21,7 +21,7 @@ import json
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -44,37 +44,48 @@ RunnerFactory = Callable[[dict, int, int], Runner]
 
 @dataclass(frozen=True)
 class Grid:
-    """Where and how often each part is timed."""
+    """Where (contexts, prompt lengths) and how (`Measurement`) each part is timed."""
 
     decode_contexts: tuple[int, ...]
     prefill_lengths: tuple[int, ...]
-    warmup: int
-    min_repetitions: int
-    max_repetitions: int
-    seconds_per_point: float  # repeat until this much time is spent (within min..max repetitions)
-    quick: bool = False
+    measurement: Measurement
 
     def to_json(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.__dict__.items()}
+        return {"decode_contexts": list(self.decode_contexts), "prefill_lengths": list(self.prefill_lengths), **asdict(self.measurement)}
 
 
-FULL = Grid((0, 128, 512, 1024, 2047), (16, 64, 256, 1024), warmup=5, min_repetitions=15, max_repetitions=300, seconds_per_point=0.6)
-QUICK = Grid((0, 512, 2047), (16, 128, 512), warmup=3, min_repetitions=7, max_repetitions=100, seconds_per_point=0.2, quick=True)
+FULL = Grid((0, 128, 512, 1024, 2047), (16, 64, 256, 1024), Measurement(warmup=5, repetitions=15, max_repetitions=300, seconds_per_point=0.6))
+QUICK = Grid((0, 512, 2047), (16, 128, 512), Measurement(warmup=3, repetitions=7, max_repetitions=100, seconds_per_point=0.2, quick=True))
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
 # ------------------------------------------------------------------ timing
 
 
-def measure(run: Runner, warmup: int, min_reps: int, max_reps: int, seconds: float) -> tuple[float, float, int]:
-    """Median and IQR (ms) of `run`, and the repetitions used."""
-    for _ in range(warmup):
+SLOW_RUN_REPETITIONS = 3  # the fewest repetitions of a run slower than the time target
+
+
+def measure(run: Runner, how: Measurement) -> tuple[float, float, int]:
+    """Median and IQR (ms) of `run` on `how.clock`, and the repetitions used.
+
+    Runs slower than `how.seconds_per_point` get one warm-up and
+    SLOW_RUN_REPETITIONS repetitions instead of `how.warmup` and `how.repetitions`.
+    """
+    clock = CLOCKS[how.clock]
+    seconds = how.seconds_per_point or 0.0
+    warmup, min_reps, max_reps = how.warmup, how.repetitions, how.max_repetitions or how.repetitions
+    start = time.perf_counter()
+    run()
+    if time.perf_counter() - start > seconds > 0:
+        warmup, min_reps = 1, min(min_reps, SLOW_RUN_REPETITIONS)
+    for _ in range(warmup - 1):
         run()
     times: list[float] = []
     deadline = time.perf_counter() + seconds
     while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() < deadline):
-        start = time.perf_counter_ns()
+        start = clock()
         run()
-        times.append((time.perf_counter_ns() - start) / 1e6)
+        times.append((clock() - start) * 1e3)
     q25, q50, q75 = np.percentile(times, [25, 50, 75])
     return float(q50), float(q75 - q25), len(times)
 
@@ -244,7 +255,7 @@ def profile_parts(
             result: dict[str, list] = {"decode": [], "prefill": []}
             for phase, seq_len, past_len in _part_points(part, grid):
                 run = runners(part, seq_len, past_len)
-                median, spread, reps = measure(run, grid.warmup, grid.min_repetitions, grid.max_repetitions, grid.seconds_per_point)
+                median, spread, reps = measure(run, grid.measurement)
                 result[phase].append([median, spread, reps])
             state.parts[part["name"]] = result
             state.save()
@@ -272,13 +283,7 @@ def assemble_profile(graphs: dict, results: dict, grid: Grid, device: DeviceInfo
     return DeviceProfile(
         device=device,
         backend=backend,
-        measurement=Measurement(
-            warmup=grid.warmup,
-            repetitions=grid.min_repetitions,
-            max_repetitions=grid.max_repetitions,
-            seconds_per_point=grid.seconds_per_point,
-            quick=grid.quick,
-        ),
+        measurement=grid.measurement,
         axes=Axes.from_json(graphs["space"]),
         decode_contexts=grid.decode_contexts,
         prefill_lengths=grid.prefill_lengths,
@@ -311,6 +316,7 @@ def profile_device(
     *,
     threads: int | None = None,
     quick: bool = False,
+    clock: str = "wall",
     grid: Grid | None = None,
     runners: RunnerFactory | None = None,
     progress: bool = True,
@@ -318,7 +324,10 @@ def profile_device(
     """Time every part and write the device profile to `out`; partial results stay in `workdir`.
 
     Without `runners` the ONNX micro-graphs of `workdir` run on ONNX Runtime
-    (`OrtRunners`); `export.micro.TorchRunners` times the torch modules instead.  Interrupted, it keeps what it timed; the next call
+    (`OrtRunners`); `export.micro.TorchRunners` times the torch modules instead.
+    `clock` "cpu" times this process's CPU time instead of elapsed time: on a
+    machine shared with other work it measures what an idle core would take
+    (one thread only).  `grid` replaces the FULL / QUICK grids (and their clock).  Interrupted, it keeps what it timed; the next call
     with the same `workdir` and settings continues from there.
     """
     workdir = Path(workdir)
@@ -327,7 +336,14 @@ def profile_device(
         raise InputError(f"threads: must be at least 1, got {threads}")
     runners = runners or OrtRunners(workdir, threads)
     graphs, backend = runners.graphs, runners.backend_info
-    grid = check_grid(grid or (QUICK if quick else FULL), graphs["model"]["max_positions"])
+    if clock not in CLOCKS:
+        raise InputError(f"clock {clock!r}: choose one of {', '.join(CLOCKS)}")
+    if clock == "cpu" and threads != 1:
+        raise InputError(f"--clock cpu adds up the CPU time of every thread: use it with --threads 1, not {threads}")
+    if grid is None:
+        grid = QUICK if quick else FULL
+        grid = replace(grid, measurement=replace(grid.measurement, clock=clock))
+    grid = check_grid(grid, graphs["model"]["max_positions"])
     workdir.mkdir(parents=True, exist_ok=True)
     settings = {"backend": backend.name, "precision": backend.precision, "threads": threads, "grid": grid.to_json()}
     results = profile_parts(graphs, grid, runners, workdir / STATE_FILE, settings, progress=progress)
@@ -344,7 +360,8 @@ def summary(profile: DeviceProfile) -> str:
         f"backend:  {profile.backend.name} {profile.backend.precision} ({profile.backend.provider})",
         f"grid:     decode contexts {list(profile.decode_contexts)}, prefill lengths {list(profile.prefill_lengths)}"
         + (" (quick)" if profile.measurement.quick else ""),
-        f"overhead: {profile.overhead_ms:.3f} ms per call; head {profile.head.decode.median_ms[0]:.3f} ms per token",
+        f"timing:   {profile.measurement.clock} clock, {profile.measurement.statistic} of >= {profile.measurement.repetitions} runs; "
+        f"overhead {profile.overhead_ms:.3f} ms per call; head {profile.head.decode.median_ms[0]:.3f} ms per token",
         f"layers:   {len(profile.layers)} (E, R); decode at context {profile.decode_contexts[0]}: "
         f"{min(decode):.3f} .. {max(decode):.3f} ms",
     ]

@@ -152,7 +152,6 @@ def validate_profile(
         raise InputError(f"validate times ONNX Runtime models; {profile_path} was measured on {profile.backend.name!r}")
     model = LatencyModel(profile)
     threads = profile.device.threads
-    m = profile.measurement
     points: list[Point] = []
     dirs = model_dirs(models_dir)
     for folder in tqdm(dirs, desc="validate", disable=not progress):
@@ -163,7 +162,7 @@ def validate_profile(
         grid += [("prefill", s, 0, model.prefill_ms(arch, s)) for s in prefill_lengths]
         for phase, seq_len, past_len, predicted in grid:
             run = ort_runner(session, inputs, outputs, seq_len, past_len, arch.vocab_size)
-            median, spread, _ = measure(run, m.warmup, m.repetitions, m.max_repetitions or m.repetitions, m.seconds_per_point or 0.0)
+            median, spread, _ = measure(run, profile.measurement)
             points.append(Point(arch.short(), phase, past_len if phase == "decode" else seq_len, predicted, median, spread))
         del session
     decode = [p for p in points if p.phase == "decode"]

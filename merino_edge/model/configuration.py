@@ -74,7 +74,7 @@ class MeRinoConfig(PretrainedConfig):
         lengths = {len(self.block_widths), len(self.block_ratios), len(self.block_depths)}
         if len(lengths) != 1:
             raise InputError("config: block_widths, block_ratios and block_depths must have the same length")
-        blocks = tuple(Block(e, r, d) for e, r, d in zip(self.block_widths, self.block_ratios, self.block_depths))
+        blocks = tuple(Block(e, r, d) for e, r, d in zip(self.block_widths, self.block_ratios, self.block_depths, strict=True))
         return ArchSpec(
             blocks=blocks,
             vocab_size=self.vocab_size,

@@ -141,7 +141,7 @@ class MeRinoModel(MeRinoPreTrainedModel):
         self.embed_positions = nn.Embedding(arch.max_positions, arch.proj_dim)
         in_dims = [arch.proj_dim, *arch.widths[:-1]]
         self.blocks = nn.ModuleList(
-            MeRinoBlock(d, b, arch.shared, arch.head_dim, config.layer_norm_eps) for d, b in zip(in_dims, arch.blocks)
+            MeRinoBlock(d, b, arch.shared, arch.head_dim, config.layer_norm_eps) for d, b in zip(in_dims, arch.blocks, strict=True)
         )
         last = arch.widths[-1]
         self.norm = MeRinoLayerNorm(last, eps=config.layer_norm_eps)

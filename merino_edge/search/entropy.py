@@ -61,13 +61,23 @@ def expected_logdet(a: int, b: int) -> float:
     return sum(_digamma_half_integer((b - i) / 2) for i in range(a)) + a * math.log(2)
 
 
+def _squared_singular_values(w: np.ndarray, solver: str) -> np.ndarray:
+    if solver == "svd":
+        return np.linalg.svd(w, compute_uv=False) ** 2
+    if solver == "gram":  # eigenvalues of W W^T (a x a, a <= b): 3-5x faster than the SVD, same s^2
+        return np.linalg.eigvalsh(w @ np.swapaxes(w, -1, -2))
+    raise InputError(f"entropy: solver must be 'svd' or 'gram', got {solver!r}")
+
+
 def entropy_mc(
-    m: int, n: int, eps: float = DEFAULT_EPS, samples: int = 64, seed: int = 0, *, control_variate: bool = True
+    m: int, n: int, eps: float = DEFAULT_EPS, samples: int = 64, seed: int = 0, *, control_variate: bool = True, solver: str = "svd"
 ) -> tuple[float, float]:
-    """Monte-Carlo SVD estimate of H(m, n): (mean, standard error of the mean).
+    """Monte-Carlo estimate of H(m, n): (mean, standard error of the mean).
 
     The random stream depends only on (seed, shape), so one shape's value does
-    not depend on which other shapes were sampled before it.
+    not depend on which other shapes were sampled before it.  `solver` "svd"
+    takes the singular values with np.linalg.svd; "gram" takes the eigenvalues
+    of W W^T instead (what the table build uses: the same s^2, several times faster).
     """
     a, b = _shape(m, n)
     if samples < 2:
@@ -76,8 +86,8 @@ def entropy_mc(
     batch = max(1, min(samples, _BATCH_BYTES // (8 * a * b)))
     values = []
     for start in range(0, samples, batch):
-        s = np.linalg.svd(rng.standard_normal((min(batch, samples - start), a, b)), compute_uv=False)
-        terms = np.log1p((eps / s) ** 2) if control_variate else np.log1p((s / eps) ** 2)
+        s2 = _squared_singular_values(rng.standard_normal((min(batch, samples - start), a, b)), solver)
+        terms = np.log1p(eps**2 / s2) if control_variate else np.log1p(s2 / eps**2)
         values.append(terms.sum(axis=-1))
     h = np.concatenate(values)
     offset = expected_logdet(a, b) - 2 * a * math.log(eps) if control_variate else 0.0
@@ -155,16 +165,22 @@ class EntropyTable:
 
 
 def build_table(
-    shapes: Iterable[tuple[int, int]] | None = None, *, eps: float = DEFAULT_EPS, samples: int = 64, seed: int = 0, progress: bool = True
+    shapes: Iterable[tuple[int, int]] | None = None,
+    *,
+    eps: float = DEFAULT_EPS,
+    samples: int = 64,
+    seed: int = 0,
+    solver: str = "gram",
+    progress: bool = True,
 ) -> EntropyTable:
-    """Monte-Carlo every shape (default: all of Table 5's); a tqdm bar weighted by SVD cost."""
+    """Monte-Carlo every shape (default: all of Table 5's); a tqdm bar weighted by the work per shape."""
     from tqdm import tqdm
 
     shapes = sorted({_shape(m, n) for m, n in (search_shapes() if shapes is None else shapes)})
     entries = {}
     with tqdm(total=sum(a * a * b for a, b in shapes), disable=not progress, desc="entropy table", unit="flop", unit_scale=True) as bar:
         for a, b in shapes:
-            entries[(a, b)] = entropy_mc(a, b, eps=eps, samples=samples, seed=seed)
+            entries[(a, b)] = entropy_mc(a, b, eps=eps, samples=samples, seed=seed, solver=solver)
             bar.update(a * a * b)
     return EntropyTable(eps=eps, samples=samples, seed=seed, entries=entries)
 

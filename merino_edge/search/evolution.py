@@ -3,9 +3,9 @@
 How Alg. 1 is read here:
 - T (`iterations`) counts candidate mutations, i.e. runs of the inner loop's
   body, feasible or not.
-- The population starts with up to M random architectures that meet every
-  budget (drawn from the space, at most `init_draws` candidates; these are not
-  counted in T).
+- The population starts with up to M architectures that meet every budget:
+  the smallest (first width, ratio and depth of every block) and random draws
+  from the space (at most `init_draws`; neither is counted in T).
 - Each generation refills the population to M: every missing member is a
   MUTATE (Alg. 2) of a parent picked uniformly from the current population;
   a mutant over any budget is discarded (the slot is refilled in the next
@@ -80,10 +80,11 @@ def evolve(
     rng = np.random.default_rng(seed)
     table = score_table(space, objective)
 
-    pool = []
+    pool = [np.zeros((1, space.blocks, 3), dtype=np.int64)]  # the smallest choice everywhere, then random draws
+    pool[0] = pool[0][costs.feasible(pool[0])]
     drawn = 0
     while drawn < init_draws and sum(len(p) for p in pool) < population:
-        batch = space.sample(rng, min(population, init_draws - drawn))
+        batch = space.sample(rng, min(max(population, 4096), init_draws - drawn))
         drawn += len(batch)
         pool.append(batch[costs.feasible(batch)])
     genomes = np.concatenate(pool)[:population]

@@ -10,8 +10,9 @@ multi-dimensional knapsack with one choice of (R, L) per block.  The solver:
 2. visits the tuples from the highest bound down and stops once the bound is
    no better than the best architecture found;
 3. solves a visited tuple exactly by meet in the middle: all (R, L) choices of
-   the first half of the blocks against all of the second half (784 x 784 for
-   N = 4), keeping the best pair that meets every budget.
+   the first half of the blocks against all of the second half (at most
+   784 x 784 for N = 4, fewer after dropping the choices that cannot fit beside
+   the other half's cheapest), keeping the best pair that meets every budget.
 
 Step 3 grows as (ratios x depths)^N, so this is meant for N <= 5.
 """
@@ -60,7 +61,7 @@ def solve_exact(space: SearchSpace, objective, costs: Costs) -> ExactResult:
     table = score_table(space, objective).reshape(w, r * d)
     names = costs.names
     block = np.stack([costs.block[k].reshape(w, r * d) for k in names], axis=-1) if names else np.zeros((w, r * d, 0))
-    remaining = np.array([[costs.limits[k] - costs.fixed[k][t] for k in names] for t in range(len(costs.tuples))]).reshape(-1, len(names))
+    remaining = np.array([[costs.limits[k] - costs.fixed[k][t] for k in names] for t in range(len(costs.tuples))]).reshape(len(costs.tuples), len(names))
 
     cheapest = block.min(axis=1)  # (w, k)
     bounds = np.full(len(costs.tuples), -np.inf)
@@ -83,7 +84,14 @@ def solve_exact(space: SearchSpace, objective, costs: Costs) -> ExactResult:
         cols = [block[e] for e in widths]
         lo_obj, lo_cost, lo_choice = _half(objs[:half], cols[:half], len(names))
         hi_obj, hi_cost, hi_choice = _half(objs[half:], cols[half:], len(names))
-        rows = max(1, _CHUNK // max(1, len(hi_obj)))
+        # Drop the choices that cannot fit even beside the other half's cheapest, or cannot beat the best so far.
+        lo = (lo_cost + hi_cost.min(axis=0) <= remaining[t]).all(axis=-1) & (lo_obj + hi_obj.max() > best_value)
+        hi = (hi_cost + lo_cost.min(axis=0) <= remaining[t]).all(axis=-1) & (hi_obj + lo_obj.max() > best_value)
+        lo_obj, lo_cost, lo_choice = lo_obj[lo], lo_cost[lo], lo_choice[lo]
+        hi_obj, hi_cost, hi_choice = hi_obj[hi], hi_cost[hi], hi_choice[hi]
+        if not (len(lo_obj) and len(hi_obj)):
+            continue
+        rows = max(1, _CHUNK // len(hi_obj))
         for s in range(0, len(lo_obj), rows):
             fits = (lo_cost[s : s + rows, None, :] + hi_cost[None, :, :] <= remaining[t]).all(axis=-1)
             total = np.where(fits, lo_obj[s : s + rows, None] + hi_obj[None, :], -np.inf)
@@ -103,5 +111,5 @@ def _cheapest(costs: Costs, cheapest: np.ndarray) -> str:
     for k, name in enumerate(costs.names):
         low = float(np.min(costs.fixed[name] + cheapest[costs.tuples, k].sum(axis=1)))
         if low > costs.limits[name]:
-            out.append(f"the smallest needs {name} {format_count(low)} > {format_count(costs.limits[name])}")
+            out.append(f"the smallest needs {name} {format_count(low, 4)} > {format_count(costs.limits[name], 4)}")
     return "; ".join(out) or "each budget alone can be met, but not all of them together"

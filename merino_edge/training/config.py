@@ -75,8 +75,8 @@ class TrainResult:
     train_loss: float | None
     val_loss: float | None
     val_perplexity: float | None
-    elapsed_s: float
-    tokens_per_s: float
+    elapsed_s: float  # wall time of this session's loop, validation and checkpoints included
+    tokens_per_s: float  # training steps only
     interrupted: bool = False
     world_size: int = 1
     history: list[dict] = field(default_factory=list, repr=False)

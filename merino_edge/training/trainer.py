@@ -354,6 +354,7 @@ def _run(cfg: TrainConfig, arch: ArchSpec, out: Path, state: dict | None, env: _
     bar = tqdm(total=total, initial=step, unit="step", desc="training", disable=not (cfg.progress and env.main), dynamic_ncols=True)
     started = time.perf_counter()
     start_tokens = tokens
+    train_s = 0.0  # time in training steps only: tokens/s leaves out validation and checkpoints
     train_loss = val_loss = val_ppl = None
     if evaluate and state is None:
         val_loss, val_ppl = _evaluate(model, val_windows, cfg, env)
@@ -364,6 +365,7 @@ def _run(cfg: TrainConfig, arch: ArchSpec, out: Path, state: dict | None, env: _
             if env.sum([1.0 if stop.raised else 0.0])[0] > 0:
                 interrupted = True
                 break
+            step_started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             loss_sum = torch.zeros((), device=env.device)
             for i, micro in enumerate(sampler.next_batch()):
@@ -379,9 +381,10 @@ def _run(cfg: TrainConfig, arch: ArchSpec, out: Path, state: dict | None, env: _
             step += 1
             tokens += cfg.batch_tokens
             train_loss = env.mean(float(loss_sum))
+            train_s += time.perf_counter() - step_started
+            speed = (tokens - start_tokens) / max(train_s, 1e-9)
             elapsed = time.perf_counter() - started
-            speed = (tokens - start_tokens) / max(elapsed, 1e-9)
-            record = {"step": step, "tokens": tokens, "loss": train_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": speed, "elapsed_s": elapsed}
+            record = {"step": step, "tokens": tokens, "loss": train_loss, "lr": lr, "grad_norm": grad_norm, "tokens_per_s": speed, "train_s": train_s, "elapsed_s": elapsed}
             if evaluate and (step % cfg.eval_every == 0 or step == total):
                 val_loss, val_ppl = _evaluate(model, val_windows, cfg, env)
                 record.update(val_loss=val_loss, val_perplexity=val_ppl)
@@ -404,7 +407,7 @@ def _run(cfg: TrainConfig, arch: ArchSpec, out: Path, state: dict | None, env: _
         val_loss=val_loss,
         val_perplexity=val_ppl,
         elapsed_s=elapsed,
-        tokens_per_s=(tokens - start_tokens) / max(elapsed, 1e-9),
+        tokens_per_s=(tokens - start_tokens) / max(train_s, 1e-9),
         interrupted=interrupted,
         world_size=env.world_size,
         history=log.records,

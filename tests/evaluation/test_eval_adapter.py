@@ -7,11 +7,11 @@ import math
 import numpy as np
 import pytest
 from lm_eval.api.instance import Instance
+from shared_paths import EVAL
 
 from merino_edge.evaluation.run import evaluate
 from merino_edge.runtime import Generator, SamplingParams
 from merino_edge.runtime.lm_eval_adapter import MerinoEdgeLM
-from shared_paths import EVAL
 
 TEXT = (
     "The quick brown fox jumps over the lazy dog. Python's standard library is very extensive, "
@@ -27,11 +27,11 @@ def _request(kind: str, args: tuple) -> Instance:
 def uniform_bundle(tmp_path_factory, tiny_checkpoint):
     """The tiny model with its final LayerNorm zeroed: every logit is 0, so p(token) = 1/V everywhere."""
     import torch
+    from transformers import AutoModelForCausalLM
 
     import merino_edge.model  # noqa: F401
     from merino_edge.export.bundle import export_bundle
     from merino_edge.training.checkpoint import save_model_dir
-    from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint)).eval()
     with torch.no_grad():

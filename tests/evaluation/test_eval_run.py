@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+from shared_paths import EVAL
 
 from merino_edge.cli import main
 from merino_edge.errors import InputError
 from merino_edge.evaluation.run import EvalReport
 from merino_edge.evaluation.tasks import PAPER_TASKS, TASKS, task_names
-from shared_paths import EVAL
 
 
 @pytest.fixture

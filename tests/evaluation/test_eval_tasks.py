@@ -8,9 +8,9 @@ import lm_eval.tasks
 import pytest
 from lm_eval.api.task import ConfigurableTask
 from lm_eval.tasks._yaml_loader import load_yaml
+from shared_paths import EVAL
 
 from merino_edge.evaluation.tasks import TASKS, local_task_config, macro_f1
-from shared_paths import EVAL
 
 LM_EVAL_TASKS = Path(lm_eval.tasks.__file__).parent
 # Item counts from ../shared/eval/README.md.

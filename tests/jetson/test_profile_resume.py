@@ -5,28 +5,16 @@ import shutil
 
 import pytest
 
-from merino_edge.arch import ArchSpec, Axes, Block
+from merino_edge.arch import ArchSpec, Block
 from merino_edge.cli import main
 from merino_edge.device_profile import DeviceProfile
 from merino_edge.errors import InputError
-from merino_edge.export.micro import export_micro_graphs
-from merino_edge.jetson.profile import STATE_FILE, Grid, OrtRunners, profile_device
+from merino_edge.jetson.profile import STATE_FILE, OrtRunners, profile_device
 from merino_edge.search.latency import LatencyModel
 
-SMALL = Axes(widths=(64, 128), ratios=(1.0, 2.0), depths=(1, 2))
-MODEL = {"vocab_size": 256, "proj_dim": 128, "max_positions": 128}
-GRID = Grid((0, 32, 127), (8, 32), warmup=1, min_repetitions=3, max_repetitions=3, seconds_per_point=0.0)
 
-
-@pytest.fixture(scope="module")
-def graphs(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("graphs")
-    export_micro_graphs(workdir, axes=SMALL, progress=False, **MODEL)
-    return workdir
-
-
-def fresh(graphs, tmp_path, name):
-    return shutil.copytree(graphs, tmp_path / name)
+def fresh(tiny, tmp_path, name):
+    return shutil.copytree(tiny.graphs, tmp_path / name)
 
 
 class Interrupted(OrtRunners):
@@ -44,23 +32,23 @@ class Interrupted(OrtRunners):
         return super().__call__(part, seq_len, past_len)
 
 
-def test_interrupted_profile_resumes_to_the_grid_of_an_uninterrupted_one(graphs, tmp_path):
-    first = fresh(graphs, tmp_path, "interrupted")
+def test_interrupted_profile_resumes_to_the_grid_of_an_uninterrupted_one(tiny, tmp_path):
+    first = fresh(tiny, tmp_path, "interrupted")
     with pytest.raises(KeyboardInterrupt):
-        profile_device(first, tmp_path / "a.json", threads=1, grid=GRID, runners=Interrupted(first, 1, stop_at=4), progress=False)
+        profile_device(first, tmp_path / "a.json", threads=1, grid=tiny.grid, runners=Interrupted(first, 1, stop_at=4), progress=False)
     assert not (tmp_path / "a.json").exists()
     saved = json.loads((first / STATE_FILE).read_text())["parts"]
     assert list(saved) == ["overhead", "embedding", "layer_E64_R1", "layer_E64_R2"]
 
-    resumed = profile_device(first, tmp_path / "a.json", threads=1, grid=GRID, progress=False)
-    whole = profile_device(fresh(graphs, tmp_path, "whole"), tmp_path / "b.json", threads=1, grid=GRID, progress=False)
+    resumed = profile_device(first, tmp_path / "a.json", threads=1, grid=tiny.grid, progress=False)
+    whole = profile_device(fresh(tiny, tmp_path, "whole"), tmp_path / "b.json", threads=1, grid=tiny.grid, progress=False)
 
     # the parts timed before the interruption were kept, not timed again
     overhead = saved["overhead"]["decode"][0][0]
     assert resumed.overhead_ms == overhead
     assert resumed.layers[(64, 2.0)].decode.median_ms == tuple(max(0.0, m - overhead) for m, _, _ in saved["layer_E64_R2"]["decode"])
     # and the resumed profile covers exactly the grid of the uninterrupted one
-    assert resumed.layers.keys() == whole.layers.keys() == {(e, r) for e in SMALL.widths for r in SMALL.ratios}
+    assert resumed.layers.keys() == whole.layers.keys() == {(e, r) for e in tiny.axes.widths for r in tiny.axes.ratios}
     assert resumed.projections.keys() == whole.projections.keys() == {(128, 64), (64, 128)}
     assert resumed.final_norms.keys() == whole.final_norms.keys()
     assert (resumed.decode_contexts, resumed.prefill_lengths) == (whole.decode_contexts, whole.prefill_lengths) == ((0, 32, 127), (8, 32))
@@ -69,42 +57,55 @@ def test_interrupted_profile_resumes_to_the_grid_of_an_uninterrupted_one(graphs,
     assert DeviceProfile.load(tmp_path / "a.json", backend="ort") == resumed
 
 
-def test_resuming_with_other_settings_is_refused(graphs, tmp_path):
-    workdir = fresh(graphs, tmp_path, "w")
+def test_resuming_with_other_settings_is_refused(tiny, tmp_path):
+    workdir = fresh(tiny, tmp_path, "w")
     with pytest.raises(KeyboardInterrupt):
-        profile_device(workdir, tmp_path / "p.json", threads=1, grid=GRID, runners=Interrupted(workdir, 1, stop_at=1), progress=False)
+        profile_device(workdir, tmp_path / "p.json", threads=1, grid=tiny.grid, runners=Interrupted(workdir, 1, stop_at=1), progress=False)
     with pytest.raises(InputError, match="partial profile made with other settings"):
-        profile_device(workdir, tmp_path / "p.json", threads=2, grid=GRID, progress=False)
+        profile_device(workdir, tmp_path / "p.json", threads=2, grid=tiny.grid, progress=False)
 
 
-def test_the_profile_predicts_a_tiny_model(graphs, tmp_path):
-    profile = profile_device(fresh(graphs, tmp_path, "w"), tmp_path / "p.json", threads=1, grid=GRID, progress=False)
+def test_the_profile_predicts_a_tiny_model(tiny, tmp_path):
+    profile = profile_device(fresh(tiny, tmp_path, "w"), tmp_path / "p.json", threads=1, grid=tiny.grid, progress=False)
     model = LatencyModel(profile)
-    arch = ArchSpec((Block(64, 1.0, 2), Block(128, 2.0, 1)), **MODEL)
+    arch = ArchSpec((Block(64, 1.0, 2), Block(128, 2.0, 1)), **tiny.model)
     assert profile.device.kind == "cpu" and profile.device.threads == 1 and profile.backend.name == "ort"
     assert model.decode_ms(arch, 100) > model.decode_ms(arch, 100) - model.layer_ms(64, 1.0, 100) > profile.overhead_ms > 0
     assert model.prefill_ms(arch, 32) > model.decode_ms(arch, 0)
 
 
 @pytest.mark.slow
-def test_cli_profile_quick_writes_a_profile(graphs, tmp_path, capsys):
-    workdir = fresh(graphs, tmp_path, "w")
-    assert main(["profile", "--quick", "--threads", "1", "--workdir", str(workdir), "--out", str(tmp_path / "p.json")]) == 0
+def test_cli_profile_quick_writes_a_profile(tiny, tmp_path, capsys):
+    workdir = fresh(tiny, tmp_path, "w")
+    argv = ["profile", "--quick", "--threads", "1", "--clock", "cpu", "--workdir", str(workdir), "--out", str(tmp_path / "p.json")]
+    assert main(argv) == 0
     out = capsys.readouterr().out
     assert "wrote" in out and "layers:   4 (E, R)" in out
     profile = DeviceProfile.load(tmp_path / "p.json", backend="ort")
-    assert profile.measurement.quick and profile.prefill_lengths == (16, 128)
+    assert profile.measurement.quick and profile.measurement.clock == "cpu" and profile.prefill_lengths == (16, 128)
+
+
+def test_cpu_clock_needs_one_thread(tiny, tmp_path):
+    with pytest.raises(InputError, match="use it with --threads 1, not 2"):
+        profile_device(fresh(tiny, tmp_path, "w"), tmp_path / "p.json", threads=2, clock="cpu", progress=False)
 
 
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
         (["profile", "validate"], "name the profile.json to validate"),
-        (["profile", "p.json"], "did you mean: profile validate p.json"),
         (["profile", "--backend", "tensorrt"], "tensorrt is not available yet"),
+        (["profile", "validate", "missing.json"], "device profile not found: missing.json"),
     ],
 )
-def test_cli_profile_usage_errors_are_one_line(argv, message, capsys):
+def test_cli_profile_errors_are_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
+
+
+def test_cli_profile_without_validate_takes_no_file(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["profile", "p.json"])
+    assert exit_.value.code == 2
+    assert "invalid choice: 'p.json'" in capsys.readouterr().err

@@ -24,7 +24,7 @@ def bundle(request, tiny_bundle, unshared_bundle):
 
 
 def test_cached_logits_match_torch_at_every_step(bundle):
-    ort, ref = create_backend(bundle, "ort", threads=1), create_backend(bundle, "torch")
+    ort, ref = create_backend(bundle, "ort", threads=1), create_backend(bundle, "torch", threads=1)
     prompt = np.array([[1, 40, 41, 42, 300, 301, 7]])
     got, want = ort.prefill(prompt), ref.prefill(prompt)
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
@@ -38,15 +38,15 @@ def test_cached_logits_match_torch_at_every_step(bundle):
 def test_greedy_64_tokens_identical_to_torch(bundle):
     tokenizer = Tokenizer(bundle.tokenizer_path)
     params = SamplingParams(max_tokens=64, temperature=0, ignore_eos=True)
-    ort = Generator(create_backend(bundle, "ort"), tokenizer).generate("The quick brown fox", params)
-    ref = Generator(create_backend(bundle, "torch"), tokenizer).generate("The quick brown fox", params)
+    ort = Generator(create_backend(bundle, "ort", threads=1), tokenizer).generate("The quick brown fox", params)
+    ref = Generator(create_backend(bundle, "torch", threads=1), tokenizer).generate("The quick brown fox", params)
     assert ort.completion_tokens == 64
     assert ort.token_ids == ref.token_ids
     assert ort.text == ref.text
 
 
 def test_score_matches_torch_with_padding(bundle):
-    ort, ref = create_backend(bundle, "ort"), create_backend(bundle, "torch")
+    ort, ref = create_backend(bundle, "ort", threads=1), create_backend(bundle, "torch", threads=1)
     ids = np.array([[3, 3, 50, 51, 52], [60, 61, 62, 63, 64]])
     mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     got, want = ort.score(ids, mask), ref.score(ids, mask)
@@ -59,14 +59,14 @@ def test_fp16_greedy_matches_fp32_on_short_prompt(tiny_bundle):
     bundle = Bundle.load(tiny_bundle)
     tokenizer = Tokenizer(bundle.tokenizer_path)
     params = SamplingParams(max_tokens=12, temperature=0, ignore_eos=True)
-    fp32 = Generator(create_backend(bundle, "ort", precision="fp32"), tokenizer)
-    fp16 = Generator(create_backend(bundle, "ort", precision="fp16"), tokenizer)
+    fp32 = Generator(create_backend(bundle, "ort", threads=1, precision="fp32"), tokenizer)
+    fp16 = Generator(create_backend(bundle, "ort", threads=1, precision="fp16"), tokenizer)
     assert fp16.backend.precision == "fp16"
     assert fp16.generate("Hello world", params).token_ids == fp32.generate("Hello world", params).token_ids
 
 
 def test_context_and_batch_limits(tiny_bundle):
-    backend = create_backend(tiny_bundle, "ort")
+    backend = create_backend(tiny_bundle, "ort", threads=1)
     with pytest.raises(InputError, match="decode before prefill"):
         backend.decode([5])
     with pytest.raises(InputError, match="exceeds the context of 128"):

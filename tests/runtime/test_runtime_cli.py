@@ -21,7 +21,7 @@ def test_export_command_writes_a_bundle(tiny_checkpoint, tmp_path, capsys):
 
 
 def test_generate_streams_the_greedy_completion(tiny_bundle, capsys):
-    expected = Generator.from_bundle(tiny_bundle, "ort").generate("The kernel", SamplingParams(max_tokens=12, temperature=0)).text
+    expected = Generator.from_bundle(tiny_bundle, "ort", threads=1).generate("The kernel", SamplingParams(max_tokens=12, temperature=0)).text
     assert main(["generate", str(tiny_bundle), "--prompt", "The kernel", "--max-tokens", "12", "--temperature", "0", "--threads", "1"]) == 0
     assert capsys.readouterr().out == expected + "\n"
 

@@ -31,23 +31,32 @@ def test_plain_and_control_variate_monte_carlo_agree():
     assert cv_se < plain_se / 10  # the exact log-det part removes most of the variance
 
 
+def test_gram_and_svd_solvers_give_the_same_estimate():
+    for control_variate in (True, False):
+        svd = entropy_mc(64, 160, samples=4, seed=5, control_variate=control_variate, solver="svd")
+        gram = entropy_mc(160, 64, samples=4, seed=5, control_variate=control_variate, solver="gram")
+        assert gram == pytest.approx(svd, rel=1e-9)
+    with pytest.raises(InputError, match="solver"):
+        entropy_mc(8, 8, samples=2, solver="qr")
+
+
 def test_monte_carlo_is_deterministic_per_shape_and_symmetric():
     assert entropy_mc(64, 128, samples=8, seed=3) == entropy_mc(128, 64, samples=8, seed=3)
     assert entropy_mc(64, 128, samples=8, seed=3) != entropy_mc(64, 128, samples=8, seed=4)
 
 
-@pytest.mark.parametrize("m, n, tolerance", [(64, 64, 4e-3), (64, 192, 1e-3), (128, 128, 2e-3), (128, 512, 5e-4)])
+@pytest.mark.parametrize("m, n, tolerance", [(64, 64, 4e-3), (64, 192, 1e-3), (128, 128, 2e-3), (64, 256, 5e-4)])
 def test_closed_form_matches_monte_carlo_on_small_shapes(m, n, tolerance):
-    mc, se = entropy_mc(m, n, samples=8, seed=0)
+    mc, se = entropy_mc(m, n, samples=4, seed=0)
     assert se / mc < 1e-4
     assert entropy_closed_form(m, n) == pytest.approx(mc, rel=tolerance)
 
 
 def test_closed_form_depends_on_eps_like_the_definition():
     # log(1 + s^2/eps^2) ~ log s^2 - 2 log eps: halving eps adds about 2 a log 2.
-    a, b = 128, 256
+    a, b = 64, 128
     assert entropy_closed_form(a, b, 5e-4) - entropy_closed_form(a, b, 1e-3) == pytest.approx(2 * a * math.log(2), rel=1e-3)
-    mc, _ = entropy_mc(a, b, eps=0.5, samples=16)
+    mc, _ = entropy_mc(a, b, eps=0.5, samples=8, control_variate=False)
     assert entropy_closed_form(a, b, eps=0.5) == pytest.approx(mc, rel=2e-3)
 
 

@@ -7,13 +7,13 @@ import json
 import math
 
 import pytest
+from shared_paths import CORPUS
 
 from merino_edge.arch import Axes
 from merino_edge.cli import main
 from merino_edge.errors import IncompatibleError, InputError
 from merino_edge.search.budgets import Budget
 from merino_edge.training.study import PROXIES, RESULTS_FILE, StudyConfig, parse_budget, proxies, run_study, sample_archs
-from shared_paths import CORPUS
 
 TINY_AXES = Axes(widths=(64, 128), ratios=(1.0, 2.0), depths=(1, 2))
 
@@ -86,7 +86,7 @@ def test_sampled_architectures_are_distinct_and_within_the_budget(corpus_file, t
     assert all(125_000 <= a.params() <= 250_000 and a.vocab_size == 512 and a.proj_dim == 64 for a in archs)
     assert proxies(archs[0], cfg)["non_embedding_params"] == archs[0].params() - archs[0].embedding_params()
     with pytest.raises(InputError, match="only .* distinct architectures"):
-        sample_archs(_config(corpus_file, tmp_path, archs=500))
+        sample_archs(_config(corpus_file, tmp_path, archs=500), rounds=4, per_round=512)
 
 
 def test_budget_flag_parses_flops_and_params():

@@ -1,0 +1,134 @@
+"""Train a small MeRino on the Linux kernel docs on CPU for a few minutes.
+
+Does the trainer learn?  The bar is the corpus's unigram entropy with the same
+tokenizer (nats/token): a model that only learned token frequencies would sit
+there; anything that uses context falls well below it.
+
+    nice python benchmarks/train_cpu.py [--minutes 4] [--threads 1]
+
+Prints a table and writes benchmarks/results/train_cpu.json (+ the loss curve
+as train_cpu.png).  Needs ../shared/corpus/linux-docs.jsonl.gz beside the repo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from merino_edge.arch import ArchSpec, Block  # noqa: E402
+from merino_edge.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from merino_edge.training.data import Corpus, TokenShards, prepare_shards  # noqa: E402
+
+CORPUS = ROOT.parent / "shared" / "corpus" / "linux-docs.jsonl.gz"
+RESULTS = ROOT / "benchmarks" / "results"
+ARCH = ArchSpec(blocks=(Block(128, 2.0, 2), Block(256, 2.0, 2)), vocab_size=4096, proj_dim=256, max_positions=256)
+
+
+def unigram(shards: TokenShards, vocab: int) -> dict:
+    """Entropy of the train split's token frequencies, and their (add-one) cross-entropy on the val split."""
+    counts = np.zeros(vocab, dtype=np.float64)
+    train = shards.stream("train")
+    for start in range(0, len(train), 1 << 22):
+        counts += np.bincount(train.read(start, min(1 << 22, len(train) - start)), minlength=vocab)
+    p = counts / counts.sum()
+    entropy = float(-(p[p > 0] * np.log(p[p > 0])).sum())
+    smoothed = (counts + 1) / (counts.sum() + vocab)
+    val = shards.stream("val").read(0, len(shards.stream("val")))
+    return {"entropy_train": entropy, "cross_entropy_val": float(-np.log(smoothed[val]).mean())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=4.0, help="training time (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    parser.add_argument("--seq-len", type=int, default=128)
+    parser.add_argument("--batch-tokens", type=int, default=4096)
+    parser.add_argument("--lr", type=float, default=2e-3, help="peak lr; a short run of a tiny model takes more than the paper's 6e-4")
+    parser.add_argument("--work", type=Path, default=None, help="keep tokenizer, shards and checkpoint here (default: a temp dir)")
+    parser.add_argument("--out", type=Path, default=RESULTS / "train_cpu.json")
+    args = parser.parse_args(argv)
+    if not CORPUS.is_file():
+        print(f"train_cpu: {CORPUS} not found (the shared corpus beside the repo)", file=sys.stderr)
+        return 2
+
+    import torch
+
+    from merino_edge.training.trainer import TrainConfig, train
+
+    work = args.work or Path(tempfile.mkdtemp(prefix="train_cpu-"))
+    corpus = Corpus((str(CORPUS),))
+    started = time.perf_counter()
+    tokenizer = Tokenizer(train_tokenizer(corpus, work / "data" / "tokenizer.model", vocab_size=ARCH.vocab_size))
+    prepare_shards(corpus, tokenizer, work / "data", val_fraction=0.02)
+    shards = TokenShards.open(work / "data")
+    prep_s = time.perf_counter() - started
+    base = unigram(shards, ARCH.vocab_size)
+
+    def config(out: Path, steps: int, **kw) -> TrainConfig:
+        return TrainConfig(
+            arch=ARCH, data=(str(work / "data"),), out=out, seq_len=args.seq_len, batch_tokens=args.batch_tokens, micro_batch=16,
+            max_steps=steps, lr=args.lr, min_lr=args.lr / 10, threads=args.threads, **kw,
+        )  # fmt: skip
+
+    # a few steps to measure the speed, then as many steps as fit in --minutes
+    calibration = train(config(work / "calibration", 6, eval_every=10**6, eval_tokens=args.seq_len, save_every=10**6, progress=False))
+    shutil.rmtree(work / "calibration")
+    steps = max(10, int(args.minutes * 60 * calibration.tokens_per_s / args.batch_tokens))
+    result = train(config(work / "run", steps, eval_every=max(1, steps // 10), eval_tokens=16384, save_every=max(1, steps // 4), log_every=5))
+
+    val_curve = [{"tokens": r["tokens"], "val_loss": r["val_loss"]} for r in result.history if "val_loss" in r]
+    record = {
+        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads() if args.threads is None else args.threads,
+                    "torch": torch.__version__},
+        "arch": ARCH.to_json(),
+        "arch_short": ARCH.short(),
+        "params": ARCH.params(),
+        "corpus": {"file": CORPUS.name, **{k: {"documents": v.documents, "tokens": v.tokens} for k, v in shards.manifest.splits.items()}},
+        "settings": {"seq_len": args.seq_len, "batch_tokens": args.batch_tokens, "steps": steps, "lr": args.lr, "warmup": config(work, steps).warmup_steps()},
+        "prepare_s": prep_s,
+        "train_wall_s": result.elapsed_s,
+        "tokens_per_s": result.tokens_per_s,
+        "tokens": result.tokens,
+        "unigram_entropy_nats": base["entropy_train"],
+        "unigram_cross_entropy_val_nats": base["cross_entropy_val"],
+        "val_loss_initial": val_curve[0]["val_loss"],
+        "val_loss_final": result.val_loss,
+        "val_perplexity_final": result.val_perplexity,
+        "train_loss_final": result.train_loss,
+        "val_curve": val_curve,
+    }  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    shutil.copyfile(work / "run" / "trainer_state" / "loss.png", args.out.with_suffix(".png"))
+
+    rows = [
+        ("model", f"{ARCH.short()}  ({ARCH.params() / 1e6:.2f} M params, vocab {ARCH.vocab_size})"),
+        ("corpus (train / val tokens)", f"{shards.manifest.splits['train'].tokens:,} / {shards.manifest.splits['val'].tokens:,}"),
+        ("steps x batch tokens", f"{steps} x {args.batch_tokens} = {result.tokens:,} tokens"),
+        ("training wall time", f"{result.elapsed_s / 60:.1f} min ({result.tokens_per_s:,.0f} tokens/s)"),
+        ("unigram entropy (train)", f"{base['entropy_train']:.3f} nats/token"),
+        ("unigram cross-entropy (val)", f"{base['cross_entropy_val']:.3f} nats/token"),
+        ("val loss at step 0", f"{val_curve[0]['val_loss']:.3f} nats/token"),
+        ("val loss final", f"{result.val_loss:.3f} nats/token (perplexity {result.val_perplexity:.1f})"),
+        ("below unigram entropy by", f"{base['entropy_train'] - result.val_loss:.3f} nats/token ({math.exp(base['entropy_train'] - result.val_loss):.2f}x perplexity)"),
+    ]
+    width = max(len(k) for k, _ in rows)
+    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from merino_edge.arch import load_arch
+from merino_edge.cli import main
+from merino_edge.search.entropy import EntropyTable
+
+PROFILE = Path(__file__).parent / "data" / "search_profile.json"
+SMALL = ["--widths", "64,128,256", "--ratios", "1,2", "--depths", "1,2", "--blocks", "3", "--iterations", "2000", "--population", "64", "--parents", "8"]
+
+
+def run(capsys, *argv):
+    try:
+        code = main(["search", *argv])
+    except SystemExit as exc:  # argparse's own usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_search_writes_arch_json_with_the_search_record(tmp_path, capsys):
+    out_path = tmp_path / "arch.json"
+    code, out, err = run(capsys, *SMALL, "--flops", "55G", "--params", "27M", "--seed", "1", "--out", str(out_path))
+    assert code == 0, err
+    arch = load_arch(out_path)
+    assert arch.flops().total <= 55e9 and arch.params() <= 27e6
+    record = json.loads(out_path.read_text())["search"]
+    assert record["budget"]["flops"] == 55_000_000_000 and record["budget"]["params"] == 27_000_000
+    assert record["seed"] == 1 and record["axes"]["widths"] == [64, 128, 256]
+    assert record["objective"]["alpha"] == [0.6, 0.4] and record["objective"]["beta"] == 0.0625 and record["objective"]["eps"] == 0.001
+    assert record["costs"]["flops"] == arch.flops().total
+    assert len(record["terms"]) == 3
+    assert record["ea_percent_of_exact"] == pytest.approx(100.0)
+    for word in ("E", "H_MHA", "g_FFN", "LM head", "EA reaches", arch.short()):
+        assert word in out
+
+
+def test_latency_budget_with_a_profile(tmp_path, capsys):
+    out_path = tmp_path / "arch.json"
+    code, out, err = run(capsys, *SMALL, "--latency-ms", "25.9ms", "--profile", str(PROFILE), "--latency-context", "512", "--out", str(out_path))
+    assert code == 0, err
+    record = json.loads(out_path.read_text())["search"]
+    assert record["costs"]["decode_latency_ms"] <= 25.9
+    assert record["profile"] == str(PROFILE)
+    assert "predicted decode latency" in out
+
+
+def test_pareto_sweep_writes_csv_and_png(tmp_path, capsys):
+    code, out, err = run(capsys, *SMALL, "--flops", "55G", "--pareto", "flops=50G:64G:4", "--pareto-out", str(tmp_path / "p"), "--out", str(tmp_path / "a.json"))
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "p" / "pareto.csv").open()))
+    assert [int(r["budget"]) for r in rows] == [50_000_000_000, 54_666_666_667, 59_333_333_333, 64_000_000_000]
+    assert rows[0]["objective"] == ""  # 50G: nothing fits (the LM head alone is 50.3G)
+    values = [float(r["objective"]) for r in rows[1:]]
+    assert values == sorted(values) and all(float(r["flops"]) <= float(r["budget"]) for r in rows[1:])
+    assert (tmp_path / "p" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_build_table_writes_a_table_for_the_given_axes(tmp_path, capsys):
+    out_path = tmp_path / "table.json"
+    code, out, err = run(capsys, "build-table", "--widths", "64,128", "--ratios", "1,1.5", "--samples", "2", "--seed", "3", "--out", str(out_path))
+    assert code == 0, err
+    table = EntropyTable.load(out_path)
+    assert (table.samples, table.seed, table.eps) == (2, 3, 1e-3)
+    assert set(table.entries) == {(64, 64), (64, 96), (128, 128), (128, 192)}
+    assert all(se >= 0 for _, se in table.entries.values())
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--params", "64X"], ["--params", "unknown unit 'X'"]),
+        (["--flops=-5G"], ["--flops", "non-negative"]),
+        (["--flops", "0"], ["flops", "positive"]),
+        (["--flops", "1G"], ["no architecture", "flops"]),
+        (["--params", "26.33M", "--latency-ms", "45", "--profile", "{slow}"], ["not all of them together"]),
+        (["--latency-ms", "30"], ["--profile"]),
+        (["--latency-ms", "30", "--profile", "{bad}"], ["device profile"]),
+        (["--latency-ms", "30", "--profile", "{missing}"], ["not found"]),
+        (["--pareto", "speed=1:2:3"], ["--pareto", "METRIC"]),
+        (["--widths", "64,100"], ["multiple"]),
+        (["--alpha", "0.5"], ["alpha"]),
+        (["--parents", "600"], ["parents"]),
+    ],
+)
+def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, words):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema_version": 1, "layers": "nope"}')
+    slow = tmp_path / "slow.json"
+    profile = json.loads(PROFILE.read_text())
+    for layer in profile["layers"]:
+        layer["decode"]["median_ms"] = [v + (50.0 if layer["width"] == 64 else 0.0) for v in layer["decode"]["median_ms"]]
+    slow.write_text(json.dumps(profile))
+    paths = {"bad": bad, "slow": slow, "missing": tmp_path / "nope.json"}
+    argv = [a.format(**paths) for a in argv]
+    code, out, err = run(capsys, *SMALL, "--out", str(tmp_path / "a.json"), *argv)
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1, err
+    for word in words:
+        assert word in err
+    assert not (tmp_path / "a.json").exists()
