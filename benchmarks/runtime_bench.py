@@ -15,7 +15,8 @@ separate fresh processes, so each peak RSS is its own:
 Decode speed is also given as a fraction of the memory-bandwidth bound: FP32
 weight bytes read per decode step (every layer execution reads its weights; the
 tied head reads the whole embedding; one row each of the token and position
-tables) over this machine's copy bandwidth (a numpy copy, bytes read + written).
+tables) over this machine's copy bandwidth (a numpy copy on the same number of
+threads, bytes read + written).
 Prints a table and writes benchmarks/results/runtime_bench.json.
 """
 
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -53,11 +55,17 @@ def decode_bytes_per_token(arch: ArchSpec, bytes_per_value: int = 4) -> int:
     return (executed + head + rows) * bytes_per_value
 
 
-def copy_bandwidth(megabytes: int = 256, repeats: int = 5) -> float:
-    """Bytes per second moved by a large numpy copy (read + write), best of `repeats`."""
+def copy_bandwidth(threads: int, megabytes: int = 256, repeats: int = 5) -> float:
+    """Bytes per second moved by a large numpy copy split over `threads` threads (read + write), best of `repeats`."""
     src = np.ones(megabytes * 2**20 // 8)
     dst = np.empty_like(src)
-    best = min(_timed(np.copyto, dst, src) for _ in range(repeats))
+    parts = list(zip(np.array_split(dst, threads), np.array_split(src, threads), strict=True))
+    with ThreadPoolExecutor(threads) as pool:  # np.copyto releases the GIL
+
+        def copy() -> None:
+            list(pool.map(lambda pair: np.copyto(*pair), parts))
+
+        best = min(_timed(copy) for _ in range(repeats))
     return 2 * src.nbytes / best
 
 
@@ -197,9 +205,10 @@ def main(argv=None) -> int:
     archs = {Path(a).stem: load_arch(a) for a in args.arch} if args.arch else ARCHS
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="runtime-bench-"))
     work.mkdir(parents=True, exist_ok=True)
+    load_at_start = os.getloadavg()[0]  # other work on the machine skews every figure: say how much there was
     tokenizer = build_tokenizer(work / "tokenizer.model")
-    bandwidth = copy_bandwidth()
-    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (numpy copy, read + write)", file=sys.stderr)
+    bandwidth = copy_bandwidth(args.threads)
+    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (numpy copy on {args.threads} threads, read + write)", file=sys.stderr)
     rows, speedup = [], {}
     for name, arch in archs.items():
         ckpt, bundle = build_bundle(name, arch, tokenizer, work)
@@ -227,7 +236,7 @@ def main(argv=None) -> int:
     print("decode speed-up of merino-edge over transformers: " + ", ".join(f"{k} {v:.2f}x" for k, v in speedup.items()))
     record = {
         "schema_version": 1,
-        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": load_at_start},
         "versions": merino_edge_versions(),
         "settings": {"batch": 1, "threads": args.threads, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats},
         "copy_bandwidth_bytes_per_s": bandwidth,

@@ -398,7 +398,7 @@ def _run_complete(args: argparse.Namespace) -> int:
 def _add_profile(p: argparse.ArgumentParser) -> None:
     p.usage = (
         "merino-edge profile [--backend ort|torch] [--precision fp32|fp16] [--threads N] [--quick] [--clock wall|cpu] [--out profile.json] [--workdir DIR]\n"
-        "       merino-edge profile validate PROFILE.json [--archs 30] [--seed 0] [--out DIR] [--workdir DIR]"
+        "       merino-edge profile validate PROFILE.json [--archs 30 | --arch arch.json] [--contexts 100 1000] [--out DIR] [--workdir DIR]"
     )
     p.add_argument("action", nargs="?", choices=["validate"], help="validate: time random whole models against PROFILE's predictions")
     p.add_argument("profile", nargs="?", help="validate: the profile.json to check")
@@ -412,14 +412,17 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=None, help="micro-graphs and partial results, kept for resuming (default: beside --out)")
     p.add_argument("--archs", type=int, default=30, help="validate: random architectures to time (default 30)")
     p.add_argument("--seed", type=int, default=0, help="validate: seed of the random architectures")
+    p.add_argument("--arch", action="append", default=[], help="validate: time this arch.json instead of random ones (repeatable)")
+    p.add_argument("--contexts", type=int, nargs="+", default=None, help="validate: decode contexts to time (default 100 1000)")
 
 
 def _run_profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.action == "validate":
+        from merino_edge.arch import load_arch
         from merino_edge.device_profile import DeviceProfile
-        from merino_edge.jetson.validate import random_archs, validate_profile
+        from merino_edge.jetson.validate import DECODE_CONTEXTS, model_dirs, random_archs, validate_profile
 
         if not args.profile:
             fail("profile validate: name the profile.json to validate")
@@ -429,12 +432,12 @@ def _run_profile(args: argparse.Namespace) -> int:
         try:
             from merino_edge.export.micro import export_validation_models
         except ImportError:  # on the board: time the models exported elsewhere into `models`
-            pass
+            folders = model_dirs(models)
         else:
             model = {k: getattr(profile, k) for k in ("vocab_size", "proj_dim", "head_dim", "max_positions")}
-            archs = random_archs(args.archs, profile.axes, seed=args.seed, **model)
-            export_validation_models(archs, models, precision=profile.backend.precision)
-        print(validate_profile(args.profile, models, out).summary())
+            archs = [load_arch(a) for a in args.arch] or random_archs(args.archs, profile.axes, seed=args.seed, **model)
+            folders = export_validation_models(archs, models, precision=profile.backend.precision)
+        print(validate_profile(args.profile, folders, out, decode_contexts=tuple(args.contexts or DECODE_CONTEXTS)).summary())
         print(f"wrote {out / 'validation.json'} and {out / 'validation.png'}")
         return 0
     from merino_edge.export.parts import GRAPHS_FILE

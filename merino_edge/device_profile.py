@@ -5,7 +5,9 @@
 batch 1 and *net* of the per-call overhead: the profiler times an empty graph
 on the same backend and subtracts its median, and stores that median once as
 `overhead_ms`, so a whole model's latency is the overhead plus the sum of its
-parts.
+parts.  Decode is timed warm (weights in cache) and, when `flush_bytes` > 0,
+also cold (caches flushed before every run): `merino_edge.search.latency`
+combines both the way a model step meets its parts.
 
 Parts, as `ArchSpec` builds a model:
 - `layers`: one transformer layer for every (E, R) of the space; decode is one
@@ -57,21 +59,32 @@ class Timing:
 
 @dataclass(frozen=True)
 class PartTiming:
-    """Decode (per grid context) and prefill (per grid length) timings of one part."""
+    """Decode (per grid context) and prefill (per grid length) timings of one part.
+
+    `decode` is timed with the part's weights in cache (run after run);
+    `decode_cold`, when measured, with the CPU caches flushed before every run,
+    as a part meets them inside a whole model step.
+    """
 
     decode: Timing
     prefill: Timing
+    decode_cold: Timing | None = None
 
     def to_json(self) -> dict:
-        return {"decode": self.decode.to_json(), "prefill": self.prefill.to_json()}
+        out = {"decode": self.decode.to_json(), "prefill": self.prefill.to_json()}
+        if self.decode_cold is not None:
+            out["decode_cold"] = self.decode_cold.to_json()
+        return out
 
     @classmethod
     def from_json(cls, data: dict, where: str, decode_points: int, prefill_points: int) -> PartTiming:
         if not isinstance(data, dict):
             raise InputError(f"{where}: expected an object with decode and prefill")
+        cold = data.get("decode_cold")
         return cls(
             Timing.from_json(data.get("decode"), f"{where}.decode", decode_points),
             Timing.from_json(data.get("prefill"), f"{where}.prefill", prefill_points),
+            None if cold is None else Timing.from_json(cold, f"{where}.decode_cold", decode_points),
         )
 
 
@@ -118,6 +131,7 @@ class Measurement:
     statistic: str = "median"
     spread: str = "iqr"  # interquartile range of the repetitions
     clock: str = "wall"  # wall: elapsed time; cpu: this process's CPU time (one thread; immune to other load)
+    flush_bytes: int = 0  # > 0: decode was also timed cold, after writing a buffer this large before every run
     quick: bool = False
 
 
@@ -141,6 +155,7 @@ class DeviceProfile:
     proj_dim: int = PROJ_DIM
     head_dim: int = HEAD_DIM
     max_positions: int = MAX_POSITIONS
+    overhead_cold_ms: float | None = None  # the call overhead with flushed caches (see PartTiming)
     created: str = ""
 
     # ------------------------------------------------------------- checks
@@ -181,6 +196,7 @@ class DeviceProfile:
             "decode_contexts": list(self.decode_contexts),
             "prefill_lengths": list(self.prefill_lengths),
             "overhead_ms": self.overhead_ms,
+            "overhead_cold_ms": self.overhead_cold_ms,
             "layers": [{"width": e, "ratio": r, **t.to_json()} for (e, r), t in sorted(self.layers.items())],
             "embedding": self.embedding.to_json(),
             "projections": [{"in": a, "out": b, **t.to_json()} for (a, b), t in sorted(self.projections.items())],
@@ -234,6 +250,7 @@ class DeviceProfile:
                 decode_contexts=contexts,
                 prefill_lengths=lengths,
                 overhead_ms=overhead,
+                overhead_cold_ms=None if data.get("overhead_cold_ms") is None else float(data["overhead_cold_ms"]),
                 layers=layers,
                 embedding=part(data["embedding"], "embedding"),
                 projections=projections,

@@ -129,21 +129,26 @@ def evaluate(
     names = task_names(tasks)
     configs, source = resolve(names, data_dir)  # before loading the model: fail fast on missing data
 
-    import lm_eval
+    from importlib.metadata import version
+
+    from lm_eval.evaluator import evaluate as lm_eval_evaluate
     from lm_eval.tasks import TaskManager
 
     from merino_edge.runtime.lm_eval_adapter import MerinoEdgeLM
 
     lm = MerinoEdgeLM(bundle_dir, backend, batch_size=batch_size, threads=threads, provider=provider, precision=precision)
-    manager = TaskManager(include_defaults=source == "hub")
     quiet = logging.getLogger("lm_eval")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
+        # lm-eval's `evaluate`, not `simple_evaluate`: the latter imports torch and transformers
+        # (when installed) just to record their versions, and the runtime needs neither.
+        loaded = TaskManager(include_defaults=source == "hub").load(configs)
+        for task in loaded["tasks"].values():
+            task.set_config(key="num_fewshot", value=0)  # zero-shot, as in the paper
+            task.set_fewshot_seed(seed=1234)
         with contextlib.redirect_stdout(sys.stderr):  # lm-eval prints progress notes to stdout
-            results = lm_eval.simple_evaluate(
-                model=lm, tasks=configs, task_manager=manager, limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False
-            )
+            results = lm_eval_evaluate(lm=lm, task_dict=loaded, limit=limit, bootstrap_iters=bootstrap_iters, log_samples=False)
     finally:
         quiet.setLevel(level)
     hub_names = {n: TASKS[n].hub_task for n in names} if source == "hub" else {}
@@ -154,5 +159,5 @@ def evaluate(
         source=source,
         limit=limit,
         rows=_rows(results, names, hub_names),
-        lm_eval_version=results.get("lm_eval_version", ""),
+        lm_eval_version=version("lm_eval"),
     )

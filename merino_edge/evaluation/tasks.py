@@ -8,9 +8,10 @@ choices, metrics) mirrored here.  So a local run and a hub run of the same task
 name ask the model the same questions.  Two files cannot give back the hub's
 exact fields and are mapped as closely as they allow:
 
-- HellaSwag: the local copy was cleaned from the original and joins ctx_a and
-  ctx_b; its last sentence is taken as ctx_b when it starts lower-case (so
-  lm-eval's `ctx_b.capitalize()` applies as it would on the hub).
+- HellaSwag: the local copy was cleaned as lm-eval's `process_docs` cleans
+  and joins ctx_a and ctx_b; the loader finishes that step (query, choices,
+  label), taking the last sentence as ctx_b when it starts lower-case so that
+  lm-eval's `ctx_b.capitalize()` applies as it would on the hub.
 - WinoGrande: the local copy keeps the two filled-in contexts, not the
   sentence with its blank; lm-eval's partial scoring (score the continuation
   after each context) is applied to them directly.

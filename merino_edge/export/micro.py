@@ -171,10 +171,11 @@ def export_micro_graphs(workdir: str | Path, *, precision: str = "fp32", axes: A
     return index_path
 
 
-def export_validation_models(archs: list[ArchSpec], models_dir: str | Path, *, precision: str = "fp32", progress: bool = True) -> Path:
+def export_validation_models(archs: list[ArchSpec], models_dir: str | Path, *, precision: str = "fp32", progress: bool = True) -> list[Path]:
     """Export each arch (random weights) as a whole model graph into `models_dir/arch_NN/` for `profile validate`.
 
     Folders already holding the same arch are kept, so an interrupted run continues.
+    Returns the folders, in the order of `archs`.
     """
     from tqdm import tqdm
 
@@ -182,9 +183,8 @@ def export_validation_models(archs: list[ArchSpec], models_dir: str | Path, *, p
 
     if precision not in _DTYPES:
         raise InputError(f"precision {precision!r}: choose fp32 or fp16")
-    models_dir = Path(models_dir)
-    for k, arch in enumerate(tqdm(archs, desc="export models", disable=not progress)):
-        folder = models_dir / f"arch_{k:02d}"
+    folders = [Path(models_dir) / f"arch_{k:02d}" for k in range(len(archs))]
+    for k, (arch, folder) in enumerate(tqdm(list(zip(archs, folders, strict=True)), desc="export models", disable=not progress)):
         if (folder / ARCH_FILE).exists() and (folder / GRAPH_FILE).exists() and load_arch(folder / ARCH_FILE) == arch:
             continue
         (folder / ARCH_FILE).unlink(missing_ok=True)
@@ -192,7 +192,7 @@ def export_validation_models(archs: list[ArchSpec], models_dir: str | Path, *, p
         model = MeRinoForCausalLM(MeRinoConfig.from_arch(arch)).eval()
         export_onnx(model, folder / GRAPH_FILE, fp16=precision == "fp16")
         save_arch(folder / ARCH_FILE, arch)  # last: marks the folder complete
-    return models_dir
+    return folders
 
 
 # ------------------------------------------------------------ torch backend
@@ -222,6 +222,16 @@ class TorchRunners:
             provider=str(self.device),
             versions={"torch": torch.__version__.split("+")[0], "python": platform.python_version()},
         )
+
+    def flush(self, nbytes: int):
+        """A callable that evicts the device's caches by writing `nbytes` (for cold decode timings)."""
+        buffer = torch.zeros(max(nbytes, 4) // 4, device=self.device)
+
+        def run() -> None:
+            buffer.add_(1.0)
+            self._sync()
+
+        return run
 
     def _sync(self) -> None:
         if self.device.type == "cuda":

@@ -14,9 +14,10 @@ and heads_i = E_i / 64 of the block that execution belongs to:
 
 KV is float32 in the FP32 graph and float16 in the FP16 graph, whose weights and
 activations are float16 too; LayerNorm and softmax run in float32 there (explicit
-Casts, from the model code) and the logits are Cast to float32.  The LM-head
-MatMul itself stays float16 (GPUs accumulate it in float32): upcasting its
-[P, vocab] weight would double the largest read of every decode step.
+Casts, from the model code; the LayerNorm scales and biases are stored as float32)
+and the logits are Cast to float32.  The LM-head MatMul itself stays float16 (GPUs
+accumulate it in float32): upcasting its [P, vocab] weight would double the
+largest read of every decode step.
 
 Weights go to one external data file `<graph name>.data` beside the graph.  Shared
 block layers are stored once (every execution reads the same initializers) and so

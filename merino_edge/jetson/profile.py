@@ -10,9 +10,12 @@ Timing follows the runtime: every input and output is bound once to a
 preallocated buffer (IOBinding), so a step costs what the graph costs.  Each
 grid point gets warm-up runs, then repetitions until a time target (between a
 minimum and a maximum count); the median and the interquartile range are kept.
-An empty graph gives the fixed per-call overhead, which is subtracted from
-every part.  Results are saved atomically after every part, so a killed run
-continues where it stopped.
+Decode is timed twice: warm (run after run) and cold (a 64 MiB buffer written
+before every run), because a whole model step meets most parts cold.  An empty
+graph gives the fixed per-call overhead, which is subtracted from every part.
+The clock is wall time, or the process's CPU time (`clock="cpu"`, one thread)
+on a machine that other work keeps busy.  Results are saved atomically after
+every part, so a killed run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ STATE_FILE = "partial.json"
 
 Runner = Callable[[], None]
 # runners(part, seq_len, past_len) -> a callable that runs the part once (synchronously);
-# a factory also has .graphs (the parts index), .backend_info and .gpu (see OrtRunners).
+# a factory also has .graphs (the parts index), .backend_info, .gpu and .flush (see OrtRunners).
 RunnerFactory = Callable[[dict, int, int], Runner]
 
 
@@ -53,9 +56,26 @@ class Grid:
     def to_json(self) -> dict:
         return {"decode_contexts": list(self.decode_contexts), "prefill_lengths": list(self.prefill_lengths), **asdict(self.measurement)}
 
+    @classmethod
+    def from_json(cls, data: dict) -> Grid:
+        rest = {k: v for k, v in data.items() if k not in ("decode_contexts", "prefill_lengths")}
+        try:
+            return cls(tuple(int(c) for c in data["decode_contexts"]), tuple(int(s) for s in data["prefill_lengths"]), Measurement(**rest))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"profile grid: needs decode_contexts, prefill_lengths and Measurement fields ({exc})") from None
 
-FULL = Grid((0, 128, 512, 1024, 2047), (16, 64, 256, 1024), Measurement(warmup=5, repetitions=15, max_repetitions=300, seconds_per_point=0.6))
-QUICK = Grid((0, 512, 2047), (16, 128, 512), Measurement(warmup=3, repetitions=7, max_repetitions=100, seconds_per_point=0.2, quick=True))
+
+FLUSH_BYTES = 64 << 20  # written before every cold run: past the last-level cache (64 MiB flushed as well as 256 here)
+FULL = Grid(
+    (0, 128, 512, 1024, 2047),
+    (16, 64, 256, 1024),
+    Measurement(warmup=5, repetitions=15, max_repetitions=300, seconds_per_point=0.6, flush_bytes=FLUSH_BYTES),
+)
+QUICK = Grid(
+    (0, 512, 2047),
+    (16, 128, 512),
+    Measurement(warmup=3, repetitions=7, max_repetitions=100, seconds_per_point=0.2, flush_bytes=FLUSH_BYTES, quick=True),
+)
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -65,13 +85,15 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 SLOW_RUN_REPETITIONS = 3  # the fewest repetitions of a run slower than the time target
 
 
-def measure(run: Runner, how: Measurement) -> tuple[float, float, int]:
+def measure(run: Runner, how: Measurement, before: Callable[[], None] | None = None) -> tuple[float, float, int]:
     """Median and IQR (ms) of `run` on `how.clock`, and the repetitions used.
 
+    `before` (e.g. a cache flush) runs before every run, outside the timing.
     Runs slower than `how.seconds_per_point` get one warm-up and
     SLOW_RUN_REPETITIONS repetitions instead of `how.warmup` and `how.repetitions`.
     """
     clock = CLOCKS[how.clock]
+    before = before or (lambda: None)
     seconds = how.seconds_per_point or 0.0
     warmup, min_reps, max_reps = how.warmup, how.repetitions, how.max_repetitions or how.repetitions
     start = time.perf_counter()
@@ -79,15 +101,27 @@ def measure(run: Runner, how: Measurement) -> tuple[float, float, int]:
     if time.perf_counter() - start > seconds > 0:
         warmup, min_reps = 1, min(min_reps, SLOW_RUN_REPETITIONS)
     for _ in range(warmup - 1):
+        before()
         run()
     times: list[float] = []
     deadline = time.perf_counter() + seconds
     while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() < deadline):
+        before()
         start = clock()
         run()
         times.append((clock() - start) * 1e3)
     q25, q50, q75 = np.percentile(times, [25, 50, 75])
     return float(q50), float(q75 - q25), len(times)
+
+
+class CacheFlush:
+    """Evicts the CPU caches by writing a buffer of `nbytes` (a callable, for `measure(before=...)`)."""
+
+    def __init__(self, nbytes: int):
+        self.buffer = np.zeros(max(nbytes, 1) // 8, np.float64)
+
+    def __call__(self) -> None:
+        self.buffer += 1.0
 
 
 # ------------------------------------------------------------ ONNX Runtime
@@ -154,6 +188,7 @@ class OrtRunners:
             versions={"onnxruntime": _ort().__version__, "python": platform.python_version(), **self.graphs.get("exporter", {})},
         )
         self.gpu = None
+        self.flush = CacheFlush  # flush(nbytes) -> callable that evicts the caches this backend reads through
         self._sessions: dict[str, object] = {}
 
     def __call__(self, part: dict, seq_len: int, past_len: int) -> Runner:
@@ -234,10 +269,13 @@ def profile_parts(
 ) -> dict[str, dict]:
     """Time every part of `graphs` at every grid point, resuming from `state_path`.
 
-    Returns {part name: {"decode": [[median, iqr, repetitions], ...], "prefill": [...]}}.
+    Returns {part name: {"decode": [[median, iqr, repetitions], ...], "prefill": [...], "decode_cold": [...]}};
+    decode_cold is timed when the grid's measurement has flush_bytes > 0.
     """
     from tqdm import tqdm
 
+    nbytes = grid.measurement.flush_bytes
+    flush = runners.flush(nbytes) if nbytes > 0 else None
     state = _State(state_path, settings)
     todo = [p for p in graphs["parts"] if p["name"] not in state.parts]
     weights = {p["name"]: _weight(p, grid) for p in graphs["parts"]}
@@ -252,22 +290,24 @@ def profile_parts(
     with bar:
         for part in todo:
             bar.set_description(f"profile {part['name']:<18}")
-            result: dict[str, list] = {"decode": [], "prefill": []}
+            result: dict[str, list] = {"decode": [], "prefill": [], "decode_cold": []}
             for phase, seq_len, past_len in _part_points(part, grid):
                 run = runners(part, seq_len, past_len)
-                median, spread, reps = measure(run, grid.measurement)
-                result[phase].append([median, spread, reps])
+                result[phase].append(list(measure(run, grid.measurement)))
+                if phase == "decode" and flush is not None:
+                    result["decode_cold"].append(list(measure(run, grid.measurement, before=flush)))
             state.parts[part["name"]] = result
             state.save()
             bar.update(weights[part["name"]])
     return state.parts
 
 
-def _net(raw: dict, overhead: float) -> PartTiming:
-    def timing(points):
-        return Timing(tuple(max(0.0, m - overhead) for m, _, _ in points), tuple(s for _, s, _ in points))
+def _net(raw: dict, overhead: float, overhead_cold: float | None) -> PartTiming:
+    def timing(points, base):
+        return Timing(tuple(max(0.0, m - base) for m, _, _ in points), tuple(s for _, s, _ in points))
 
-    return PartTiming(timing(raw["decode"]), timing(raw["prefill"]))
+    cold = timing(raw["decode_cold"], overhead_cold) if raw.get("decode_cold") else None
+    return PartTiming(timing(raw["decode"], overhead), timing(raw["prefill"], overhead), cold)
 
 
 def assemble_profile(graphs: dict, results: dict, grid: Grid, device: DeviceInfo, backend: BackendInfo) -> DeviceProfile:
@@ -277,8 +317,10 @@ def assemble_profile(graphs: dict, results: dict, grid: Grid, device: DeviceInfo
         if part["name"] not in results:
             raise InputError(f"part {part['name']} has not been timed yet: run the profile again to finish it")
         by_kind.setdefault(part["kind"], []).append(part)
-    overhead = results[by_kind["overhead"][0]["name"]]["decode"][0][0]
-    net = {p["name"]: _net(results[p["name"]], overhead) for p in graphs["parts"]}
+    raw_overhead = results[by_kind["overhead"][0]["name"]]
+    overhead = raw_overhead["decode"][0][0]
+    overhead_cold = raw_overhead["decode_cold"][0][0] if raw_overhead.get("decode_cold") else None
+    net = {p["name"]: _net(results[p["name"]], overhead, overhead_cold) for p in graphs["parts"]}
     model = graphs["model"]
     return DeviceProfile(
         device=device,
@@ -288,6 +330,7 @@ def assemble_profile(graphs: dict, results: dict, grid: Grid, device: DeviceInfo
         decode_contexts=grid.decode_contexts,
         prefill_lengths=grid.prefill_lengths,
         overhead_ms=overhead,
+        overhead_cold_ms=overhead_cold,
         layers={(p["width"], p["ratio"]): net[p["name"]] for p in by_kind["layer"]},
         embedding=net[by_kind["embedding"][0]["name"]],
         projections={(p["in"], p["out"]): net[p["name"]] for p in by_kind["projection"]},

@@ -137,24 +137,29 @@ def model_dirs(models_dir: str | Path) -> list[Path]:
 
 def validate_profile(
     profile_path: str | Path,
-    models_dir: str | Path,
+    folders: list[Path],
     out_dir: str | Path,
     *,
     decode_contexts: tuple[int, ...] = DECODE_CONTEXTS,
     prefill_lengths: tuple[int, ...] = PREFILL_LENGTHS,
     progress: bool = True,
 ) -> ValidationReport:
-    """Time every model under `models_dir` like the profile timed its parts; write validation.json and .png."""
+    """Time the model in each folder (arch.json + model.onnx) like the profile timed its parts.
+
+    Writes validation.json and validation.png into `out_dir`.
+    """
     from tqdm import tqdm
 
     profile = DeviceProfile.load(profile_path)
+    too_long = [n for n in (*decode_contexts, *prefill_lengths) if n + 1 > profile.max_positions or n < 0]
+    if too_long:
+        raise InputError(f"contexts and prompt lengths must lie in 0..{profile.max_positions - 1}: got {too_long}")
     if profile.backend.name != "ort":
         raise InputError(f"validate times ONNX Runtime models; {profile_path} was measured on {profile.backend.name!r}")
     model = LatencyModel(profile)
     threads = profile.device.threads
     points: list[Point] = []
-    dirs = model_dirs(models_dir)
-    for folder in tqdm(dirs, desc="validate", disable=not progress):
+    for folder in tqdm(folders, desc="validate", disable=not progress):
         arch = load_arch(folder / ARCH_FILE)
         session = ort_session(folder / GRAPH_FILE, threads)
         inputs, outputs = graph_shapes(arch)

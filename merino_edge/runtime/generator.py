@@ -28,6 +28,7 @@ from merino_edge.export.bundle import Bundle
 from merino_edge.runtime.backend import Backend, create_backend
 from merino_edge.runtime.detokenize import IncrementalDecoder, StopMatcher
 from merino_edge.runtime.sampling import Sampler, SamplingParams
+from merino_edge.tokenizer import Tokenizer
 
 
 @dataclass
@@ -121,8 +122,6 @@ class Generator:
     @classmethod
     def from_bundle(cls, bundle, backend: str = "auto", *, threads: int | None = None, provider: str | None = None, precision: str | None = None) -> Generator:
         """A generator on `bundle` (a `Bundle` or its directory) with the named backend and its tokenizer."""
-        from merino_edge.tokenizer import Tokenizer
-
         bundle = bundle if isinstance(bundle, Bundle) else Bundle.load(bundle)
         return cls(create_backend(bundle, backend, threads=threads, provider=provider, precision=precision), Tokenizer(bundle.tokenizer_path))
 

@@ -15,8 +15,6 @@ dashboard shows "no data" instead of a cold, idle, powerless board.
 
 from __future__ import annotations
 
-import time
-
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 
@@ -136,12 +134,3 @@ def start_tegrastats(metrics: ServerMetrics, interval_ms: int = 1000):
     metrics.registry.register(TegrastatsMetrics(collector))
     return collector
 
-
-class Stopwatch:
-    """perf_counter timestamps of one request: arrival, generation start, first and last token."""
-
-    def __init__(self):
-        self.arrived = time.perf_counter()
-        self.started: float | None = None
-        self.first_token: float | None = None
-        self.last_token: float | None = None

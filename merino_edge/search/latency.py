@@ -1,29 +1,33 @@
 """Predicted latency of a whole architecture from a device profile.
 
 A model's latency is additive over its parts (the profile stores every part net
-of the per-call overhead):
+of the per-call overhead).  One decode step with c tokens in the KV cache:
 
     decode_ms(arch, c) = overhead + embedding + sum of projections + final norm + head
-                         + sum_j L_j * layer(E_j, R_j, c)
+                         + sum_j [ first(E_j, R_j, c) + (L_j - 1) * repeat(E_j, R_j, c) ]
 
-where c is the context, the number of tokens already in the KV cache; a layer's
-decode cost is interpolated linearly between the profiled contexts (attention
-over the cache is linear in c), and extrapolated along the last segment.
-`prefill_ms(arch, s)` is the same sum over a prompt of s tokens, interpolated
-between the profiled prompt lengths.  The exact solver uses the decomposition:
-`layer_ms` per block choice plus `fixed_ms` for the rest.
+A step streams the whole model through the caches, so every part meets its
+weights cold (the profile's `decode_cold`, timed after a cache flush) except
+the repeated executions of a shared layer, whose weights the previous execution
+just read: `repeat` = warm cost at context 0 + the cold cost of the context
+(cold(c) - cold(0)), since each execution reads its own KV cache.  Profiles
+without cold timings use the warm ones throughout.  Costs are interpolated
+linearly between the profiled contexts (attention over the cache is linear in
+c) and extended along the last segment.  `prefill_ms(arch, s)` is the plain sum
+over a prompt of s tokens (compute-bound: caches matter little), interpolated
+between the profiled prompt lengths.  The exact solver can use the
+decomposition: `block_ms` per block plus `fixed_ms` for the rest.
 
 numpy only.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
-from merino_edge.arch import ArchSpec
+from merino_edge.arch import ArchSpec, Block
 from merino_edge.device_profile import DeviceProfile, PartTiming
 from merino_edge.errors import InputError
 
@@ -35,7 +39,7 @@ class LatencyModel:
         self.profile = profile
         self._contexts = np.asarray(profile.decode_contexts, dtype=float)
         self._lengths = np.asarray(profile.prefill_lengths, dtype=float)
-        self.layer_ms = lru_cache(maxsize=None)(self._layer_ms)
+        self._cache: dict[tuple, float] = {}
 
     @classmethod
     def from_file(cls, path: str | Path, backend: str | None = None, axes=None) -> LatencyModel:
@@ -46,10 +50,38 @@ class LatencyModel:
     @property
     def overhead_ms(self) -> float:
         """The fixed cost of one call into the backend, paid once per step."""
-        return self.profile.overhead_ms
+        p = self.profile
+        return p.overhead_ms if p.overhead_cold_ms is None else p.overhead_cold_ms
 
-    def _layer_ms(self, width: int, ratio: float, context: int) -> float:
-        return _interp(self._contexts, self.profile.layer(width, ratio).decode.median_ms, context)
+    @staticmethod
+    def _decode_timing(timing: PartTiming, cold: bool = True):
+        return timing.decode_cold if cold and timing.decode_cold is not None else timing.decode
+
+    def _decode(self, timing: PartTiming, context: float, cold: bool = True) -> float:
+        return _interp(self._contexts, self._decode_timing(timing, cold).median_ms, context)
+
+    def layer_ms(self, width: int, ratio: float, context: int) -> float:
+        """One execution of a (width, ratio) layer in a decode step, weights not in cache."""
+        key = ("first", width, ratio, context)
+        if key not in self._cache:
+            self._cache[key] = self._decode(self.profile.layer(width, ratio), context)
+        return self._cache[key]
+
+    def repeat_ms(self, width: int, ratio: float, context: int) -> float:
+        """A further execution of the same shared layer in the same step (weights in cache, own KV cache)."""
+        key = ("repeat", width, ratio, context)
+        if key not in self._cache:
+            timing = self.profile.layer(width, ratio)
+            context_cost = self._decode(timing, context) - self._decode(timing, 0)
+            self._cache[key] = self._decode(timing, 0, cold=False) + max(0.0, context_cost)
+        return self._cache[key]
+
+    def block_ms(self, block: Block, context: int, shared: bool = True) -> float:
+        """All `block.depth` executions of a block's layer in one decode step."""
+        first = self.layer_ms(block.width, block.ratio, context)
+        if not shared:
+            return block.depth * first
+        return first + (block.depth - 1) * self.repeat_ms(block.width, block.ratio, context)
 
     def layer_prefill_ms(self, width: int, ratio: float, seq_len: int) -> float:
         """One layer of (width, ratio) over a prompt of `seq_len` tokens."""
@@ -57,7 +89,7 @@ class LatencyModel:
 
     def _part(self, timing: PartTiming, seq_len: int | None) -> float:
         if seq_len is None:
-            return timing.decode.median_ms[0]
+            return self._decode_timing(timing).median_ms[0]  # one token: the context does not matter
         return _interp(self._lengths, timing.prefill.median_ms, seq_len)
 
     def fixed_ms(self, arch: ArchSpec, context: int = 0, seq_len: int | None = None) -> float:
@@ -67,7 +99,8 @@ class LatencyModel:
         """
         self._check(arch)
         p = self.profile
-        total = self.overhead_ms + self._part(p.embedding, seq_len) + self._part(p.head, seq_len)
+        overhead = self.overhead_ms if seq_len is None else p.overhead_ms
+        total = overhead + self._part(p.embedding, seq_len) + self._part(p.head, seq_len)
         for pair in arch.projections():
             if pair not in p.projections:
                 raise InputError(f"device profile: no timing for the projection {pair[0]}->{pair[1]}")
@@ -81,8 +114,7 @@ class LatencyModel:
 
     def decode_ms(self, arch: ArchSpec, context: int) -> float:
         """Latency of one decode step (one new token) with `context` tokens in the KV cache."""
-        layers = sum(b.depth * self.layer_ms(b.width, b.ratio, context) for b in arch.blocks)
-        return self.fixed_ms(arch, context) + layers
+        return self.fixed_ms(arch, context) + sum(self.block_ms(b, context, arch.shared) for b in arch.blocks)
 
     def prefill_ms(self, arch: ArchSpec, seq_len: int) -> float:
         """Latency of the forward pass over a prompt of `seq_len` tokens (empty cache)."""
@@ -95,7 +127,7 @@ class LatencyModel:
         """Decode latency split into fixed parts and one entry per block (ms)."""
         out = {"fixed": self.fixed_ms(arch, context)}
         for j, b in enumerate(arch.blocks):
-            out[f"block{j}"] = b.depth * self.layer_ms(b.width, b.ratio, context)
+            out[f"block{j}"] = self.block_ms(b, context, arch.shared)
         return out
 
     def _check(self, arch: ArchSpec) -> None:

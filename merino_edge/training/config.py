@@ -12,7 +12,12 @@ from merino_edge.errors import InputError
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; the defaults are a short run, the paper's settings are flags away."""
+    """Everything a run needs.
+
+    The defaults are a short run; Sec. 4.1 of the paper is seq_len=1024,
+    batch_tokens=524288 (512 sequences), warmup=1000, max_steps=600000, with
+    the default lr, betas and weight decay.
+    """
 
     arch: str | Path | ArchSpec
     data: tuple[str, ...]

@@ -94,7 +94,7 @@ def _setup_dist(device: str) -> _Dist:
 
 
 class _StopFlag:
-    """Set by SIGTERM / SIGINT; the loop stops after the current step."""
+    """Set by SIGTERM / SIGINT; the loop stops after the current step (a second signal stops at once)."""
 
     def __init__(self) -> None:
         self.raised: int | None = None
@@ -107,6 +107,8 @@ class _StopFlag:
         return self
 
     def _handle(self, signum, frame) -> None:
+        if self.raised is not None:
+            raise KeyboardInterrupt
         self.raised = signum
 
     def __exit__(self, *exc) -> None:

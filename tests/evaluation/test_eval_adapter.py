@@ -92,3 +92,11 @@ def test_generate_until_stops_at_the_stop_string_and_matches_the_generator(tiny_
     stop = free.strip()[:1]
     (cut,) = lm.generate_until([_request("generate_until", (prompt, {"until": [stop], "max_gen_toks": 12}))], disable_tqdm=True)
     assert cut == free[: free.index(stop)]
+
+
+def test_registered_with_lm_eval_and_built_from_model_args(tiny_bundle):
+    from lm_eval.api.registry import get_model
+
+    lm = get_model("merino-edge").create_from_arg_string(f"bundle={tiny_bundle},backend=ort,batch_size=2", {"batch_size": None, "device": "cpu"})
+    assert isinstance(lm, MerinoEdgeLM)
+    assert (lm.batch_size, lm.runtime.name, lm.max_length) == (2, "ort", 128)

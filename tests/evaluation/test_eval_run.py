@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 from shared_paths import EVAL
@@ -19,7 +21,6 @@ def offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
 
 
-@pytest.mark.slow
 def test_eval_prints_a_table_beside_the_paper_and_writes_json(tiny_bundle, tmp_path, capsys, offline):
     out = tmp_path / "eval.json"
     code = main(["eval", str(tiny_bundle), "--tasks", "cb,lambada", "--limit", "6", "--data-dir", str(EVAL), "--backend", "ort", "--json", str(out)])
@@ -62,3 +63,26 @@ def test_task_names_expand_groups_and_reject_unknown_names():
     assert task_names("all") == list(TASKS)
     with pytest.raises(InputError, match="unknown task 'squad'"):
         task_names("copa,squad")
+
+
+NO_TORCH = """
+import importlib.machinery, sys
+
+class NotInstalled(importlib.machinery.PathFinder):
+    '''torch and transformers look uninstalled, as on a board.'''
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "transformers"):
+            return None
+        return super().find_spec(name, path, target)
+
+sys.meta_path = [NotInstalled if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+"""
+
+
+def test_eval_runs_on_a_machine_without_torch(tiny_bundle):
+    code = NO_TORCH + f"from merino_edge.evaluation.run import evaluate\nprint(evaluate({str(tiny_bundle)!r}, 'copa', 'ort', 4, {str(EVAL)!r}).value('copa'))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 0.0 <= float(done.stdout.split()[-1]) <= 1.0

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
@@ -65,8 +66,12 @@ def test_resuming_with_other_settings_is_refused(tiny, tmp_path):
         profile_device(workdir, tmp_path / "p.json", threads=2, grid=tiny.grid, progress=False)
 
 
-def test_the_profile_predicts_a_tiny_model(tiny, tmp_path):
-    profile = profile_device(fresh(tiny, tmp_path, "w"), tmp_path / "p.json", threads=1, grid=tiny.grid, progress=False)
+def test_the_profile_predicts_a_tiny_model_with_cold_timings(tiny, tmp_path):
+    grid = replace(tiny.grid, measurement=replace(tiny.grid.measurement, flush_bytes=4 << 20))
+    profile = profile_device(fresh(tiny, tmp_path, "w"), tmp_path / "p.json", threads=1, grid=grid, progress=False)
+    assert profile.overhead_cold_ms is not None and profile.measurement.flush_bytes == 4 << 20
+    parts = [*profile.layers.values(), *profile.projections.values(), profile.embedding, profile.head]
+    assert all(len(t.decode_cold.median_ms) == len(t.decode.median_ms) for t in parts)
     model = LatencyModel(profile)
     arch = ArchSpec((Block(64, 1.0, 2), Block(128, 2.0, 1)), **tiny.model)
     assert profile.device.kind == "cpu" and profile.device.threads == 1 and profile.backend.name == "ort"

@@ -33,12 +33,12 @@ def test_validation_times_whole_models_and_reports_their_errors(tiny, tmp_path):
     profile_path = tmp_path / "profile.json"
     profile = profile_device(shutil.copytree(tiny.graphs, tmp_path / "w"), profile_path, threads=1, grid=tiny.grid, progress=False)
     archs = random_archs(3, tiny.axes, seed=1, **tiny.model)
-    models = export_validation_models(archs, tmp_path / "models", progress=False)
-    stamp = (models / "arch_00" / "model.onnx").stat().st_mtime_ns
-    export_validation_models(archs, models, progress=False)  # already there: kept
-    assert (models / "arch_00" / "model.onnx").stat().st_mtime_ns == stamp
+    folders = export_validation_models(archs, tmp_path / "models", progress=False)
+    stamp = (folders[0] / "model.onnx").stat().st_mtime_ns
+    assert export_validation_models(archs, tmp_path / "models", progress=False) == folders  # already there: kept
+    assert (folders[0] / "model.onnx").stat().st_mtime_ns == stamp
 
-    report = validate_profile(profile_path, models, tmp_path / "val", decode_contexts=(50, 100), prefill_lengths=(16,), progress=False)
+    report = validate_profile(profile_path, folders, tmp_path / "val", decode_contexts=(50, 100), prefill_lengths=(16,), progress=False)
     latency = LatencyModel(profile)
     decode = [p for p in report.points if p.phase == "decode"]
     assert [(p.arch, p.tokens) for p in decode] == [(a.short(), c) for a in archs for c in (50, 100)]

@@ -67,7 +67,38 @@ def test_parts_are_additive_for_the_exact_solver(model):
     assert model.decode_ms(deeper, context) - model.decode_ms(ARCH, context) == pytest.approx(model.layer_ms(256, 2.0, context))
 
 
+def with_cold_timings() -> dict:
+    """RAW with cold decode timings: every part twice its warm time, the call overhead 0.5 ms."""
+
+    def cold(entry):
+        return {**entry, "decode_cold": {k: [2 * v for v in vs] for k, vs in entry["decode"].items()}}
+
+    data = {k: [cold(e) for e in RAW[k]] for k in ("layers", "projections", "final_norms")}
+    return {**RAW, **data, "embedding": cold(RAW["embedding"]), "head": cold(RAW["head"]), "overhead_cold_ms": 0.5}
+
+
+def test_a_step_meets_its_parts_cold_except_repeated_shared_layers(tmp_path):
+    data = with_cold_timings()
+    model = LatencyModel(DeviceProfile.from_json(data))
+    index, context = 2, RAW["decode_contexts"][2]
+    fixed = 0.5 + 2 * (raw_fixed("decode", 0) - RAW["overhead_ms"])
+    layers = 0.0
+    for b in ARCH.blocks:
+        warm = raw_layer(b.width, b.ratio, "decode")
+        first = 2 * warm[index]
+        repeat = warm[0] + (2 * warm[index] - 2 * warm[0])  # warm weights, cold KV cache of its own
+        layers += first + (b.depth - 1) * repeat
+    assert model.decode_ms(ARCH, context) == pytest.approx(fixed + layers, rel=1e-12)
+    unshared = ArchSpec(ARCH.blocks, shared=False)
+    cold_layers = sum(b.depth * 2 * raw_layer(b.width, b.ratio, "decode")[index] for b in ARCH.blocks)
+    assert model.decode_ms(unshared, context) == pytest.approx(fixed + cold_layers, rel=1e-12)
+    # prefill is compute-bound and uses the plain (warm) sums
+    assert model.prefill_ms(ARCH, 128) == pytest.approx(LatencyModel(DeviceProfile.from_json(RAW)).prefill_ms(ARCH, 128))
+
+
 def test_profile_round_trips_through_json():
+    for data in (RAW, with_cold_timings()):
+        assert DeviceProfile.from_json(data).to_json() == data
     profile = DeviceProfile.load(TINY)
     assert DeviceProfile.from_json(json.loads(json.dumps(profile.to_json()))) == profile
     assert profile.axes == TABLE5 and profile.missing(TABLE5) == []

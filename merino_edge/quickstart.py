@@ -1,0 +1,260 @@
+"""`merino-edge quickstart`: the whole design card on this machine, in one command.
+
+profile this machine -> search under a latency budget derived from that profile
+-> tokenizer + training -> export -> build (where TensorRT is) -> serve on a
+Unix socket -> one streamed completion through the socket -> a summary.
+
+Every stage writes its artifact into the work dir and is skipped when that
+artifact is already there, so a second run reuses what is done and any stage
+can be re-run alone with its own command (the summary prints them).
+
+The quickstart searches a reduced space (narrow widths, a small vocabulary, a
+short context) so that training finishes in minutes on a 2-core CPU; the
+full Table 5 space is one `merino-edge search` away.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from merino_edge.arch import Axes, load_arch
+from merino_edge.errors import InputError, MerinoError
+
+# The latency budget sits this far between the fastest and the slowest
+# architecture of the quickstart space (predicted from the measured profile).
+BUDGET_FRACTION = 0.3
+
+
+@dataclass
+class QuickstartConfig:
+    workdir: Path = Path("merino-quickstart")
+    data: tuple[str, ...] = ()  # default: the Python docs that ship with this interpreter
+    axes: Axes = Axes(widths=(64, 128, 256), ratios=(1.0, 2.0, 4.0), depths=(1, 2))
+    blocks: int = 3
+    vocab_size: int = 2048
+    max_positions: int = 512
+    latency_context: int = 256
+    steps: int = 300
+    seq_len: int = 128
+    batch_tokens: int = 2048
+    threads: int | None = None
+    prompt: str = "The Python interpreter"
+    max_tokens: int = 48
+    profile_grid: dict | None = field(default=None, repr=False)  # tests pass a smaller grid
+    progress: bool = True
+
+
+def _say(text: str) -> None:
+    print(f"\n== {text}", file=sys.stderr, flush=True)
+
+
+class Quickstart:
+    """The stages, each skipped when its artifact exists."""
+
+    def __init__(self, cfg: QuickstartConfig):
+        self.cfg = cfg
+        self.dir = Path(cfg.workdir).resolve()
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.paths = {
+            "profile": self.dir / "profile.json",
+            "arch": self.dir / "arch.json",
+            "corpus": self.dir / "corpus.jsonl.gz",
+            "checkpoint": self.dir / "checkpoint",
+            "bundle": self.dir / "bundle",
+            "socket": self.dir / "api.sock",
+        }
+        self.facts: dict = {}
+
+    # ------------------------------------------------------------ stages
+
+    def profile(self) -> None:
+        from merino_edge.export.micro import export_micro_graphs
+        from merino_edge.jetson.profile import Grid, profile_device
+
+        out = self.paths["profile"]
+        if out.exists():
+            _say(f"profile: reusing {out}")
+            return
+        _say("profile: timing every (E, R) layer of the quickstart space on ONNX Runtime (CPU)")
+        work = self.dir / "profile.work"
+        export_micro_graphs(work, axes=self.cfg.axes, progress=self.cfg.progress, **self._model())
+        grid = Grid.from_json(self.cfg.profile_grid) if self.cfg.profile_grid else None
+        profile_device(work, out, threads=self.cfg.threads, quick=True, grid=grid, progress=self.cfg.progress)
+
+    def search(self) -> None:
+        from merino_edge.search.budgets import Budget
+        from merino_edge.search.latency import LatencyModel
+        from merino_edge.search.run import run_search
+        from merino_edge.search.space import SearchSpace
+
+        out = self.paths["arch"]
+        space = SearchSpace(axes=self.cfg.axes, blocks=self.cfg.blocks, **self._model())
+        latency = LatencyModel.from_file(self.paths["profile"], axes=space.axes)
+        fastest, slowest = (latency.decode_ms(space.uniform_arch(i), self.cfg.latency_context) for i in (0, -1))
+        budget_ms = round(fastest + BUDGET_FRACTION * (slowest - fastest), 3)
+        self.facts["budget_ms"] = budget_ms
+        if out.exists():
+            _say(f"search: reusing {out}")
+            return
+        _say(f"search: max entropy under {budget_ms} ms/token at context {self.cfg.latency_context} (profile range {fastest:.3f}-{slowest:.3f} ms)")
+        budget = Budget(latency_ms=budget_ms, latency_context=self.cfg.latency_context)
+        result = run_search(budget, space=space, profile=self.paths["profile"], iterations=20_000, progress=self.cfg.progress)
+        result.save(out)
+
+    def corpus(self) -> tuple[str, ...]:
+        if self.cfg.data:
+            return tuple(self.cfg.data)
+        from merino_edge.training.builtin_corpus import write_builtin_corpus
+
+        out = self.paths["corpus"]
+        if not out.exists():
+            _say("data: writing the Python documentation that ships with this interpreter as the training corpus")
+            write_builtin_corpus(out)
+        return (str(out),)
+
+    def train(self) -> None:
+        from merino_edge.training.config import TrainConfig
+        from merino_edge.training.trainer import train
+
+        out = self.paths["checkpoint"]
+        if (out / "model.safetensors").exists() and (out / "train_result.json").exists():
+            _say(f"train: reusing {out}")
+            return
+        _say(f"train: {self.cfg.steps} steps of {self.cfg.batch_tokens} tokens on CPU")
+        cfg = TrainConfig(
+            arch=self.paths["arch"],
+            data=self.corpus(),
+            out=out,
+            seq_len=self.cfg.seq_len,
+            batch_tokens=self.cfg.batch_tokens,
+            micro_batch=self.cfg.batch_tokens // self.cfg.seq_len,
+            max_steps=self.cfg.steps,
+            eval_every=max(1, self.cfg.steps // 4),
+            save_every=max(1, self.cfg.steps // 4),
+            eval_tokens=16 * self.cfg.seq_len,
+            device="cpu",
+            threads=self.cfg.threads,
+            resume=(out / "trainer_state").exists(),
+            progress=self.cfg.progress,
+        )
+        result = train(cfg)
+        (out / "train_result.json").write_text(json.dumps({k: getattr(result, k) for k in ("steps", "tokens", "train_loss", "val_loss", "val_perplexity", "elapsed_s", "tokens_per_s")}, indent=2))
+
+    def export(self) -> None:
+        from merino_edge.export.bundle import Bundle, export_bundle
+
+        out = self.paths["bundle"]
+        try:
+            Bundle.load(out)
+            _say(f"export: reusing {out}")
+            return
+        except MerinoError:
+            pass
+        _say("export: ONNX graph with a KV cache + tokenizer + manifest")
+        export_bundle(self.paths["checkpoint"], out, overwrite=True, progress=self.cfg.progress)
+
+    def build(self) -> None:
+        from merino_edge.runtime.doctor import tensorrt_version
+
+        if tensorrt_version() is None:
+            _say("build: skipped (TensorRT is not installed here; ONNX Runtime serves the bundle)")
+            self.facts["build"] = "skipped: no TensorRT"
+            return
+        from merino_edge.export.tensorrt import build_engine
+
+        _say("build: TensorRT FP16 engine")
+        build_engine(self.paths["bundle"])
+        self.facts["build"] = "TensorRT FP16 engine"
+
+    def measure(self) -> None:
+        from merino_edge.runtime.bench import bench_bundle
+
+        _say(f"bench: decode latency at context {self.cfg.latency_context}")
+        result = bench_bundle(self.paths["bundle"], prompt_tokens=self.cfg.latency_context, new_tokens=32, threads=self.cfg.threads)
+        self.facts["bench"] = result
+
+    def serve_and_ask(self) -> None:
+        from merino_edge.runtime.client import ApiClient
+
+        sock = self.paths["socket"]
+        cmd = [sys.executable, "-m", "merino_edge.cli", "serve", str(self.paths["bundle"]), "--socket", str(sock), "--metrics-addr", "127.0.0.1:0"]
+        _say(f"serve: {' '.join(shlex.quote(c) for c in cmd[2:])}")
+        server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            client = ApiClient(sock)
+            client.wait_ready(timeout=120, process=server)
+            _say(f"complete: {self.cfg.prompt!r} through {sock}")
+            start = time.perf_counter()
+            pieces = []
+            for piece in client.stream_completion(self.cfg.prompt, max_tokens=self.cfg.max_tokens, temperature=0.0):
+                pieces.append(piece)
+                print(piece, end="", flush=True)
+            print()
+            self.facts["completion"] = "".join(pieces)
+            self.facts["completion_s"] = time.perf_counter() - start
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+            if server.returncode not in (0, -15) and server.stderr is not None:
+                sys.stderr.write(server.stderr.read())
+        if sock.exists():
+            raise InputError(f"the server left its socket {sock} behind")
+
+    # ----------------------------------------------------------- summary
+
+    def summary(self) -> str:
+        from merino_edge.search.latency import LatencyModel
+
+        arch = load_arch(self.paths["arch"])
+        trained = json.loads((self.paths["checkpoint"] / "train_result.json").read_text())
+        predicted = LatencyModel.from_file(self.paths["profile"], axes=self.cfg.axes).decode_ms(arch, self.cfg.latency_context)
+        bench = self.facts["bench"]
+        measured = 1000.0 / bench.decode_tokens_per_s
+        p = self.paths
+        rows = [
+            ("architecture", f"{arch.short()}  ({arch.params() / 1e6:.2f}M params, vocab {arch.vocab_size})"),
+            ("latency budget", f"{self.facts['budget_ms']:.3f} ms/token at context {self.cfg.latency_context}"),
+            ("decode latency", f"predicted {predicted:.3f} ms/token, measured {measured:.3f} ms/token"),
+            ("training", f"{trained['steps']} steps, {trained['tokens']:,} tokens, {trained['tokens_per_s']:.0f} tokens/s"),
+            ("validation loss", f"{trained['val_loss']:.3f} nats/token (perplexity {trained['val_perplexity']:.1f})"),
+            ("serving", f"{bench.decode_tokens_per_s:.1f} tokens/s decode, {1000 * bench.ttft_s:.1f} ms to first token, backend {bench.backend}"),
+            ("build", self.facts.get("build", "")),
+        ]
+        rows += [(name, str(path)) for name, path in p.items() if name != "socket" and path.exists()]
+        width = max(len(k) for k, _ in rows)
+        lines = ["", "merino-edge quickstart: done", ""] + [f"  {k.ljust(width)}  {v}" for k, v in rows]
+        lines += [
+            "",
+            "Keep serving:",
+            f"  merino-edge serve {p['bundle']} --socket {p['socket']}",
+            f"  merino-edge chat --socket {p['socket']}",
+            f"  curl --unix-socket {p['socket']} http://localhost/v1/models",
+            "Re-run a stage alone: merino-edge profile | search | train | export | build | serve (see README).",
+        ]
+        return "\n".join(lines)
+
+    def _model(self) -> dict:
+        return {"vocab_size": self.cfg.vocab_size, "max_positions": self.cfg.max_positions}
+
+
+def run_quickstart(cfg: QuickstartConfig) -> str:
+    """Run every stage (reusing finished ones) and return the summary text."""
+    qs = Quickstart(cfg)
+    qs.profile()
+    qs.search()
+    qs.train()
+    qs.export()
+    qs.build()
+    qs.measure()
+    qs.serve_and_ask()
+    return qs.summary()
