@@ -116,7 +116,9 @@ def build_engine(
 
     cache_path = Path(timing_cache) if timing_cache else bundle.path / TIMING_CACHE_FILE
     cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        print(f"merino-edge: the timing cache {cache_path} was made by another TensorRT or GPU; starting a new one", file=sys.stderr)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
     if progress:
         monitor = _progress_monitor(trt)  # must outlive the build
         config.progress_monitor = monitor

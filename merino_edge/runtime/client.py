@@ -24,7 +24,11 @@ class ApiClient:
 
     def __init__(self, socket_path: str | Path | None = None, timeout: float = 30.0):
         self.socket_path = Path(socket_path) if socket_path else default_socket_path()
-        if not self.socket_path.exists():
+        try:
+            present = self.socket_path.exists()
+        except PermissionError as exc:
+            raise MerinoError(self._connect_problem(exc)) from None
+        if not present:
             raise InputError(f"no server socket at {self.socket_path}: is `merino-edge serve` running? (or pass --socket PATH)")
         transport = httpx.HTTPTransport(uds=str(self.socket_path))
         # No read timeout: a long answer may take its time between tokens on a busy board.
@@ -48,6 +52,10 @@ class ApiClient:
     def _connect_problem(self, exc: Exception) -> str:
         hint = " (the socket is for the merino-edge group: add yourself to it)" if "Permission denied" in str(exc) else ""
         return f"cannot talk to the server at {self.socket_path}: {exc}{hint}"
+
+    def ready(self) -> bool:
+        """True once the server has loaded its model (`/health` answers 200)."""
+        return self._request("GET", "/health").status_code == 200
 
     def model(self) -> str:
         """The id of the model the server serves."""

@@ -174,6 +174,6 @@ def run_doctor(bundle: str | Path | None = None) -> DoctorReport:
         report.add("onnxruntime", "not installed (pip install onnxruntime)", ok=False)
     _jetson(report, board)
     torch_version = _version("torch")
-    report.add("torch", f"{torch_version} (training and export only; serving never imports it)" if torch_version else "not installed (not needed to serve)", ok=bool(torch_version))
+    report.add("torch", f"{torch_version} (training and export only; serving never imports it)" if torch_version else "not installed (not needed to serve)")
     _pick(report, trt, bundle)
     return report

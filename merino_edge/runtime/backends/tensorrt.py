@@ -37,12 +37,21 @@ INSTALL_HINT = (
 )
 
 
+MIN_TENSORRT_MAJOR = 10  # strongly typed networks and execute_async_v3 by tensor name
+
+
 def import_tensorrt():
     """The `tensorrt` module, or MissingDependencyError saying what to install."""
     try:
         import tensorrt
     except ImportError:
         raise MissingDependencyError(INSTALL_HINT) from None
+    major = int(tensorrt.__version__.split(".")[0])
+    if major < MIN_TENSORRT_MAJOR:
+        raise MissingDependencyError(
+            f"TensorRT {tensorrt.__version__} is too old: merino-edge builds strongly typed networks, which need "
+            f"TensorRT {MIN_TENSORRT_MAJOR}.x or newer (JetPack 6.1+; on x86 `pip install tensorrt`)"
+        )
     return tensorrt
 
 
