@@ -1,6 +1,6 @@
 """merino-edge on ONNX Runtime vs `transformers` generate() on the same weights (CPU, batch 1).
 
-    python benchmarks/runtime_bench.py [--threads 2] [--prompt-tokens 32] [--new-tokens 128]
+    python benchmarks/runtime_bench.py [--threads 2 [1 ...]] [--prompt-tokens 32] [--new-tokens 128] [--repeats 3]
 
 For each architecture (by default the two that `merino-edge search` picks: at its
 default budget, 60 GFLOPs, and at `--params 50M`) it builds a random-init
@@ -107,15 +107,15 @@ def build_bundle(name: str, arch: ArchSpec, tokenizer: Path, work: Path) -> tupl
 # ------------------------------------------------------------------ measuring
 
 
-def run_merino(bundle: Path, args, out: Path) -> dict:
-    cmd = [sys.executable, "-m", "merino_edge.cli", "bench", str(bundle), "--backend", "ort", "--threads", str(args.threads)]
+def run_merino(bundle: Path, threads: int, args, out: Path) -> dict:
+    cmd = [sys.executable, "-m", "merino_edge.cli", "bench", str(bundle), "--backend", "ort", "--threads", str(threads)]
     cmd += ["--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats), "--json", str(out)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
 
 
-def run_transformers(ckpt: Path, args, out: Path) -> dict:
-    cmd = [sys.executable, __file__, "--transformers-worker", str(ckpt), "--threads", str(args.threads), "--json", str(out)]
+def run_transformers(ckpt: Path, threads: int, args, out: Path) -> dict:
+    cmd = [sys.executable, __file__, "--transformers-worker", str(ckpt), "--threads", str(threads), "--json", str(out)]
     cmd += ["--prompt-tokens", str(args.prompt_tokens), "--new-tokens", str(args.new_tokens), "--repeats", str(args.repeats)]
     subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
     return json.loads(out.read_text())
@@ -131,7 +131,7 @@ def transformers_worker(args) -> None:
     from merino_edge.runtime.bench import bench_prompt, peak_rss_bytes
     from merino_edge.tokenizer import Tokenizer
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads[0])
     ckpt = Path(args.transformers_worker)
     model = AutoModelForCausalLM.from_pretrained(str(ckpt)).eval()
     ids = torch.tensor([bench_prompt(Tokenizer(ckpt / "tokenizer.model"), args.prompt_tokens)])
@@ -144,7 +144,7 @@ def transformers_worker(args) -> None:
         assert out.shape[1] == ids.shape[1] + n
         return elapsed
 
-    generate(args.new_tokens)  # warm-up
+    generate(8)  # warm-up
     runs = [{"ttft_s": generate(1), "total_s": generate(args.new_tokens)} for _ in range(args.repeats)]
     ttft, total = statistics.median(r["ttft_s"] for r in runs), statistics.median(r["total_s"] for r in runs)
     result = {
@@ -177,11 +177,11 @@ def merino_edge_versions() -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'arch':<26}{'runtime':<34}{'decode tok/s':>13}{'TTFT ms':>9}{'prefill tok/s':>14}{'peak RSS MiB':>13}{'of BW bound':>12}"
+    head = f"{'arch':<26}{'runtime':<34}{'threads':>8}{'decode tok/s':>13}{'TTFT ms':>9}{'prefill tok/s':>14}{'peak RSS MiB':>13}{'of BW bound':>12}"
     lines = [head, "-" * len(head)]
     for r in rows:
         lines.append(
-            f"{r['arch']:<26}{r['runtime']:<34}{r['decode_tokens_per_s']:>13.1f}{r['ttft_s'] * 1000:>9.1f}"
+            f"{r['arch']:<26}{r['runtime']:<34}{r['threads']:>8}{r['decode_tokens_per_s']:>13.1f}{r['ttft_s'] * 1000:>9.1f}"
             f"{r['prefill_tokens_per_s']:>14.0f}{r['peak_rss_bytes'] / 2**20:>13.0f}{r['bandwidth_fraction']:>11.0%}"
         )
     return "\n".join(lines)
@@ -190,7 +190,7 @@ def table(rows: list[dict]) -> str:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", action="append", help="arch.json to benchmark (repeatable; default: the two search picks)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, nargs="+", default=[2], help="thread counts to compare at (default 2)")
     parser.add_argument("--prompt-tokens", type=int, default=32)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -207,31 +207,34 @@ def main(argv=None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     load_at_start = os.getloadavg()[0]  # other work on the machine skews every figure: say how much there was
     tokenizer = build_tokenizer(work / "tokenizer.model")
-    bandwidth = copy_bandwidth(args.threads)
-    print(f"copy bandwidth {bandwidth / 1e9:.1f} GB/s (numpy copy on {args.threads} threads, read + write)", file=sys.stderr)
+    bandwidth = {t: copy_bandwidth(t) for t in args.threads}
+    print("copy bandwidth (numpy copy, read + write): " + ", ".join(f"{bw / 1e9:.1f} GB/s on {t} threads" for t, bw in bandwidth.items()), file=sys.stderr)
     rows, speedup = [], {}
     for name, arch in archs.items():
         ckpt, bundle = build_bundle(name, arch, tokenizer, work)
-        bound = bandwidth / decode_bytes_per_token(arch)
-        for runtime, result in (
-            ("merino-edge ORT (fp32, IOBinding)", run_merino(bundle, args, work / name / "merino.json")),
-            ("transformers generate() (fp32)", run_transformers(ckpt, args, work / name / "transformers.json")),
-        ):
-            rows.append(
-                {
-                    "arch": name,
-                    "arch_short": arch.short(),
-                    "params": arch.params(),
-                    "executed_params": arch.executed_params(),
-                    "runtime": runtime,
-                    "decode_bytes_per_token": decode_bytes_per_token(arch),
-                    "bandwidth_bound_tokens_per_s": bound,
-                    "bandwidth_fraction": result["decode_tokens_per_s"] / bound,
-                    **{k: result[k] for k in ("decode_tokens_per_s", "ttft_s", "prefill_tokens_per_s", "peak_rss_bytes", "runs")},
-                }
-            )
-        speedup[name] = rows[-2]["decode_tokens_per_s"] / rows[-1]["decode_tokens_per_s"]
-        print(f"{name}: {arch.short()}: decode speed-up {speedup[name]:.2f}x", file=sys.stderr)
+        for threads in args.threads:
+            bound = bandwidth[threads] / decode_bytes_per_token(arch)
+            for runtime, result in (
+                ("merino-edge ORT (fp32, IOBinding)", run_merino(bundle, threads, args, work / name / f"merino-{threads}.json")),
+                ("transformers generate() (fp32)", run_transformers(ckpt, threads, args, work / name / f"transformers-{threads}.json")),
+            ):
+                rows.append(
+                    {
+                        "arch": name,
+                        "arch_short": arch.short(),
+                        "params": arch.params(),
+                        "executed_params": arch.executed_params(),
+                        "runtime": runtime,
+                        "threads": threads,
+                        "decode_bytes_per_token": decode_bytes_per_token(arch),
+                        "bandwidth_bound_tokens_per_s": bound,
+                        "bandwidth_fraction": result["decode_tokens_per_s"] / bound,
+                        **{k: result[k] for k in ("decode_tokens_per_s", "ttft_s", "prefill_tokens_per_s", "peak_rss_bytes", "runs")},
+                    }
+                )
+            key = f"{name} @ {threads} threads"
+            speedup[key] = rows[-2]["decode_tokens_per_s"] / rows[-1]["decode_tokens_per_s"]
+            print(f"{key}: {arch.short()}: decode speed-up {speedup[key]:.2f}x", file=sys.stderr)
     print(table(rows))
     print("decode speed-up of merino-edge over transformers: " + ", ".join(f"{k} {v:.2f}x" for k, v in speedup.items()))
     record = {
@@ -239,7 +242,7 @@ def main(argv=None) -> int:
         "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version(), "load_average_at_start": load_at_start},
         "versions": merino_edge_versions(),
         "settings": {"batch": 1, "threads": args.threads, "prompt_tokens": args.prompt_tokens, "new_tokens": args.new_tokens, "repeats": args.repeats},
-        "copy_bandwidth_bytes_per_s": bandwidth,
+        "copy_bandwidth_bytes_per_s": {str(t): bw for t, bw in bandwidth.items()},
         "rows": rows,
         "decode_speedup": speedup,
     }

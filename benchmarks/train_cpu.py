@@ -33,7 +33,8 @@ from merino_edge.training.data import Corpus, TokenShards, prepare_shards  # noq
 
 CORPUS = ROOT.parent / "shared" / "corpus" / "linux-docs.jsonl.gz"
 RESULTS = ROOT / "benchmarks" / "results"
-ARCH = ArchSpec(blocks=(Block(128, 2.0, 2), Block(256, 2.0, 2)), vocab_size=4096, proj_dim=256, max_positions=256)
+# Small enough for a few hundred steps in minutes on 2 shared cores: steps, not tokens, are what a short run lacks.
+ARCH = ArchSpec(blocks=(Block(64, 2.0, 2), Block(128, 2.0, 2)), vocab_size=1024, proj_dim=128, max_positions=256)
 
 
 def unigram(shards: TokenShards, vocab: int) -> dict:
@@ -53,9 +54,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=4.0, help="training time (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
-    parser.add_argument("--seq-len", type=int, default=128)
-    parser.add_argument("--batch-tokens", type=int, default=4096)
-    parser.add_argument("--lr", type=float, default=2e-3, help="peak lr; a short run of a tiny model takes more than the paper's 6e-4")
+    parser.add_argument("--seq-len", type=int, default=64)
+    parser.add_argument("--batch-tokens", type=int, default=2048)
+    parser.add_argument("--lr", type=float, default=4e-3, help="peak lr; a short run of a tiny model takes more than the paper's 6e-4")
     parser.add_argument("--work", type=Path, default=None, help="keep tokenizer, shards and checkpoint here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS / "train_cpu.json")
     args = parser.parse_args(argv)
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def config(out: Path, steps: int, **kw) -> TrainConfig:
         return TrainConfig(
-            arch=ARCH, data=(str(work / "data"),), out=out, seq_len=args.seq_len, batch_tokens=args.batch_tokens, micro_batch=16,
+            arch=ARCH, data=(str(work / "data"),), out=out, seq_len=args.seq_len, batch_tokens=args.batch_tokens, micro_batch=32,
             max_steps=steps, lr=args.lr, min_lr=args.lr / 10, threads=args.threads, **kw,
         )  # fmt: skip
 

@@ -448,11 +448,12 @@ def _run_profile(args: argparse.Namespace) -> int:
     if args.backend == "tensorrt":
         fail("profile --backend tensorrt is not available yet: profile with --backend ort (or torch on a GPU)")
     runners = None
-    if args.backend == "torch" or not (workdir / GRAPHS_FILE).exists():
-        try:
-            from merino_edge.export import micro
-        except ImportError as exc:
+    try:
+        from merino_edge.export import micro
+    except ImportError as exc:  # on the board: time the micro-graphs exported elsewhere into `workdir`
+        if args.backend == "torch" or not (workdir / GRAPHS_FILE).exists():
             fail(f"exporting the micro-graphs needs torch ({exc}); run this command where torch is installed and copy {workdir} here")
+    else:
         if args.backend == "torch":
             runners = micro.TorchRunners(args.precision, args.device, args.threads)
         else:

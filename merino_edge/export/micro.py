@@ -37,20 +37,23 @@ OPSET = MIN_OPSET
 
 
 class LayerStep(nn.Module):
-    """One `MeRinoLayer` over a past K/V: (x, attn_bias, past_key, past_value) -> (y, present_key, present_value).
+    """One `MeRinoLayer` run `executions` times over as many past K/V caches, as a shared layer runs.
 
+    (x, attn_bias, past_key, past_value[, past_key, past_value ...]) -> (y, present_key, present_value[, ...]).
     Unlike `export.onnx.LayerGraph` it takes the attention bias, not the mask: the
     whole model builds the bias once per step (the embedding part here), not per layer.
     """
 
-    def __init__(self, width: int, ratio: float, head_dim: int):
+    def __init__(self, width: int, ratio: float, head_dim: int, executions: int = 1):
         super().__init__()
         self.layer = MeRinoLayer(width, Block(width, ratio, 1).ffn_dim, head_dim, EPS)
+        self.executions = executions
 
-    def forward(self, x, attn_bias, past_key, past_value):
-        cache = _ExplicitCache([(past_key, past_value)])
-        y = self.layer(x, attn_bias, cache, 0)
-        return (y, *cache.presents[0])
+    def forward(self, x, attn_bias, *past):
+        cache = _ExplicitCache(list(zip(past[0::2], past[1::2], strict=True)))
+        for i in range(self.executions):
+            x = self.layer(x, attn_bias, cache, i)
+        return (x, *[t for present in cache.presents for t in present])
 
 
 class Embedding(nn.Module):
@@ -99,8 +102,8 @@ def build_module(part: dict, model: dict) -> nn.Module:
         return Overhead()
     if kind == "embedding":
         return Embedding(model["vocab_size"], model["proj_dim"], model["max_positions"])
-    if kind == "layer":
-        return LayerStep(part["width"], part["ratio"], model["head_dim"])
+    if kind in ("layer", "layer_repeat"):
+        return LayerStep(part["width"], part["ratio"], model["head_dim"], executions=2 if kind == "layer_repeat" else 1)
     if kind == "projection":
         return nn.Linear(part["in"], part["out"], bias=False)
     if kind == "final_norm":
@@ -143,6 +146,8 @@ def export_part(part: dict, model: dict, path: Path, precision: str = "fp32") ->
 def export_micro_graphs(workdir: str | Path, *, precision: str = "fp32", axes: Axes = TABLE5, progress: bool = True, **model) -> Path:
     """Export every part into `workdir` (skipping graphs already there) and write graphs.json last.
 
+    A work directory from an older merino-edge gets the parts it lacks.
+
     `model` overrides vocab_size, proj_dim, head_dim or max_positions (tests use small ones).
     """
     from tqdm import tqdm
@@ -159,7 +164,8 @@ def export_micro_graphs(workdir: str | Path, *, precision: str = "fp32", axes: A
         old = json.loads(index_path.read_text())
         if {k: old.get(k) for k in ("precision", "space", "model")} != {k: index[k] for k in ("precision", "space", "model")}:
             raise InputError(f"{workdir} holds micro-graphs for another precision, space or model; use another --workdir")
-        return index_path
+        if old.get("parts") == index["parts"]:
+            return index_path
     with torch.no_grad():
         for part in tqdm(index["parts"], desc="export micro-graphs", disable=not progress):
             path = workdir / part["file"]

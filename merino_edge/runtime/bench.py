@@ -61,9 +61,17 @@ class BenchResult:
 
 
 def peak_rss_bytes() -> int:
-    """This process's peak resident set size (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024
+    """This process's peak resident set size.
+
+    Linux: VmHWM of /proc/self/status (ru_maxrss would carry over the peak of
+    the process that exec'd this one).  Elsewhere ru_maxrss (macOS: bytes).
+    """
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return peak if sys.platform == "darwin" else peak * 1024
 
 
 def bench_prompt(tokenizer, prompt_tokens: int) -> list[int]:

@@ -7,16 +7,16 @@ of the per-call overhead).  One decode step with c tokens in the KV cache:
                          + sum_j [ first(E_j, R_j, c) + (L_j - 1) * repeat(E_j, R_j, c) ]
 
 A step streams the whole model through the caches, so every part meets its
-weights cold (the profile's `decode_cold`, timed after a cache flush) except
-the repeated executions of a shared layer, whose weights the previous execution
-just read: `repeat` = warm cost at context 0 + the cold cost of the context
-(cold(c) - cold(0)), since each execution reads its own KV cache.  Profiles
-without cold timings use the warm ones throughout.  Costs are interpolated
-linearly between the profiled contexts (attention over the cache is linear in
-c) and extended along the last segment.  `prefill_ms(arch, s)` is the plain sum
-over a prompt of s tokens (compute-bound: caches matter little), interpolated
-between the profiled prompt lengths.  The exact solver can use the
-decomposition: `block_ms` per block plus `fixed_ms` for the rest.
+weights cold (the profile's `decode_cold`, timed after a cache flush), and a
+further execution of a shared layer costs what the profile measured for it
+(`decode_repeat`: the layer run twice, minus once).  Profiles without those
+fall back to the warm timings (and, for repeats, warm weights plus the cold
+cost of the KV cache).  Costs are interpolated linearly between the profiled
+contexts (attention over the cache is linear in c) and extended along the last
+segment.  `prefill_ms(arch, s)` is the plain sum over a prompt of s tokens
+(compute-bound: caches matter little), interpolated between the profiled prompt
+lengths.  The exact solver can use the decomposition: `block_ms` per block plus
+`fixed_ms` for the rest.
 
 numpy only.
 """
@@ -68,12 +68,15 @@ class LatencyModel:
         return self._cache[key]
 
     def repeat_ms(self, width: int, ratio: float, context: int) -> float:
-        """A further execution of the same shared layer in the same step (weights in cache, own KV cache)."""
+        """A further execution of the same shared layer in the same step (its own KV cache)."""
         key = ("repeat", width, ratio, context)
         if key not in self._cache:
             timing = self.profile.layer(width, ratio)
-            context_cost = self._decode(timing, context) - self._decode(timing, 0)
-            self._cache[key] = self._decode(timing, 0, cold=False) + max(0.0, context_cost)
+            if timing.decode_repeat is not None:
+                self._cache[key] = _interp(self._contexts, timing.decode_repeat.median_ms, context)
+            else:  # older profiles: warm weights, plus the cold cost of reading its KV cache
+                context_cost = self._decode(timing, context) - self._decode(timing, 0)
+                self._cache[key] = self._decode(timing, 0, cold=False) + max(0.0, context_cost)
         return self._cache[key]
 
     def block_ms(self, block: Block, context: int, shared: bool = True) -> float:

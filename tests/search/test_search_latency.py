@@ -96,6 +96,19 @@ def test_a_step_meets_its_parts_cold_except_repeated_shared_layers(tmp_path):
     assert model.prefill_ms(ARCH, 128) == pytest.approx(LatencyModel(DeviceProfile.from_json(RAW)).prefill_ms(ARCH, 128))
 
 
+def test_a_measured_repeat_cost_is_used_for_further_executions_of_a_shared_layer():
+    data = with_cold_timings()
+    repeat = {"median_ms": [0.25, 0.5, 1.0], "spread_ms": [0.0, 0.0, 0.0]}
+    data["layers"] = [{**e, "decode_repeat": repeat} for e in data["layers"]]
+    model = LatencyModel(DeviceProfile.from_json(data))
+    c0, c1, _ = RAW["decode_contexts"]
+    context = (c0 + c1) // 2
+    assert model.repeat_ms(512, 4.0, context) == pytest.approx(0.25 + 0.25 * (context - c0) / (c1 - c0))
+    block = Block(512, 4.0, 3)
+    assert model.block_ms(block, context) == pytest.approx(model.layer_ms(512, 4.0, context) + 2 * model.repeat_ms(512, 4.0, context))
+    assert DeviceProfile.from_json(data).to_json() == data
+
+
 def test_profile_round_trips_through_json():
     for data in (RAW, with_cold_timings()):
         assert DeviceProfile.from_json(data).to_json() == data
