@@ -39,6 +39,7 @@ def fail(message: str) -> None:
 
 def _add_search(p: argparse.ArgumentParser) -> None:
     from merino_edge import units
+    from merino_edge.arch import MAX_POSITIONS, PROJ_DIM, VOCAB_SIZE
 
     def typed(parse, what):
         def convert(text):
@@ -85,6 +86,10 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     s.add_argument("--widths", type=numbers(int), help="widths E to search (default Table 5: 64,128,256,...,1024)")
     s.add_argument("--ratios", type=numbers(float), help="FFN ratios R (default 1,1.5,...,4)")
     s.add_argument("--depths", type=numbers(int), help="depths L per block (default 1,2,3,4)")
+    m = p.add_argument_group("model settings shared by every candidate (a --profile must have been measured with the same)")
+    m.add_argument("--vocab-size", type=int, default=VOCAB_SIZE, help=f"tokenizer vocabulary (default {VOCAB_SIZE})")
+    m.add_argument("--proj-dim", type=int, default=PROJ_DIM, help=f"embedding projection dim P (default {PROJ_DIM})")
+    m.add_argument("--max-positions", type=int, default=MAX_POSITIONS, help=f"position embeddings (default {MAX_POSITIONS})")
     s.add_argument("--out", help="where to write the arch (default arch.json; for build-table, the packaged table)")
     s.add_argument("--pareto", metavar="METRIC=START:STOP:POINTS", help="also sweep one budget, e.g. flops=60G:160G:11")
     s.add_argument("--pareto-out", default="pareto", help="directory for pareto.csv and pareto.png (default ./pareto)")
@@ -96,7 +101,7 @@ def _run_search(args: argparse.Namespace) -> int:
     from merino_edge.search.space import SearchSpace
 
     axes = Axes(widths=args.widths or TABLE5.widths, ratios=args.ratios or TABLE5.ratios, depths=args.depths or TABLE5.depths)
-    space = SearchSpace(axes, args.blocks)
+    space = SearchSpace(axes, args.blocks, vocab_size=args.vocab_size, proj_dim=args.proj_dim, max_positions=args.max_positions)
     if args.action == "build-table":
         from merino_edge.search.entropy import TABLE_PATH, build_table, search_shapes
 
@@ -554,11 +559,34 @@ def _run_study(args: argparse.Namespace) -> int:
 
 
 def _add_quickstart(p: argparse.ArgumentParser) -> None:
-    pass  # TODO(session): flags
+    from merino_edge.quickstart import QuickstartConfig
+
+    d = QuickstartConfig()
+    p.description = (
+        "Profile this machine, search under a latency budget derived from the profile, train a tokenizer and a model, "
+        "export, build (where TensorRT is), serve on a Unix socket and stream one completion through it. "
+        "Finished stages are reused: run it again to pick up where it stopped."
+    )
+    p.add_argument("--workdir", default=str(d.workdir), help="where every artifact goes (default: %(default)s)")
+    p.add_argument("--data", nargs="+", default=(), help="training text (files, folders, globs, .jsonl[.gz]); default: the Python documentation shipped with this interpreter")
+    p.add_argument("--steps", type=int, default=d.steps, help="training steps (default: %(default)s)")
+    p.add_argument("--batch-tokens", type=int, default=d.batch_tokens, help="tokens per training step (default: %(default)s)")
+    p.add_argument("--threads", type=int, help="CPU threads for profiling, training and serving (default: all)")
+    p.add_argument("--prompt", default=d.prompt, help="the completion asked through the socket (default: %(default)r)")
+    p.add_argument("--max-tokens", type=int, default=d.max_tokens, help="tokens of that completion (default: %(default)s)")
 
 
 def _run_quickstart(args: argparse.Namespace) -> int:
-    fail("not implemented yet")
+    from pathlib import Path
+
+    from merino_edge.quickstart import QuickstartConfig, run_quickstart
+
+    cfg = QuickstartConfig(
+        workdir=Path(args.workdir), data=tuple(args.data), steps=args.steps, batch_tokens=args.batch_tokens,
+        threads=args.threads, prompt=args.prompt, max_tokens=args.max_tokens,
+    )  # fmt: skip
+    print(run_quickstart(cfg))
+    return 0
 
 
 # ------------------------------------------------------------------- main

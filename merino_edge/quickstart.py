@@ -30,6 +30,9 @@ from merino_edge.errors import InputError, MerinoError
 # The latency budget sits this far between the fastest and the slowest
 # architecture of the quickstart space (predicted from the measured profile).
 BUDGET_FRACTION = 0.3
+# Decode contexts and prompt lengths the quickstart profile times (within its 512 positions).
+PROFILE_CONTEXTS = (0, 128, 384)
+PROFILE_LENGTHS = (16, 64, 256)
 
 
 @dataclass
@@ -76,7 +79,7 @@ class Quickstart:
 
     def profile(self) -> None:
         from merino_edge.export.micro import export_micro_graphs
-        from merino_edge.jetson.profile import Grid, profile_device
+        from merino_edge.jetson.profile import QUICK, Grid, profile_device
 
         out = self.paths["profile"]
         if out.exists():
@@ -85,10 +88,12 @@ class Quickstart:
         _say("profile: timing every (E, R) layer of the quickstart space on ONNX Runtime (CPU)")
         work = self.dir / "profile.work"
         export_micro_graphs(work, axes=self.cfg.axes, progress=self.cfg.progress, **self._model())
-        grid = Grid.from_json(self.cfg.profile_grid) if self.cfg.profile_grid else None
-        profile_device(work, out, threads=self.cfg.threads, quick=True, grid=grid, progress=self.cfg.progress)
+        grid = Grid.from_json(self.cfg.profile_grid) if self.cfg.profile_grid else Grid(PROFILE_CONTEXTS, PROFILE_LENGTHS, QUICK.measurement)
+        profile_device(work, out, threads=self.cfg.threads, grid=grid, progress=self.cfg.progress)
 
     def search(self) -> None:
+        import numpy as np
+
         from merino_edge.search.budgets import Budget
         from merino_edge.search.latency import LatencyModel
         from merino_edge.search.run import run_search
@@ -97,7 +102,9 @@ class Quickstart:
         out = self.paths["arch"]
         space = SearchSpace(axes=self.cfg.axes, blocks=self.cfg.blocks, **self._model())
         latency = LatencyModel.from_file(self.paths["profile"], axes=space.axes)
-        fastest, slowest = (latency.decode_ms(space.uniform_arch(i), self.cfg.latency_context) for i in (0, -1))
+        smallest = np.zeros((space.blocks, 3), dtype=np.int64)
+        largest = np.tile(np.array(space.shape) - 1, (space.blocks, 1))
+        fastest, slowest = (latency.decode_ms(space.to_arch(g), self.cfg.latency_context) for g in (smallest, largest))
         budget_ms = round(fastest + BUDGET_FRACTION * (slowest - fastest), 3)
         self.facts["budget_ms"] = budget_ms
         if out.exists():
@@ -161,9 +168,9 @@ class Quickstart:
         export_bundle(self.paths["checkpoint"], out, overwrite=True, progress=self.cfg.progress)
 
     def build(self) -> None:
-        from merino_edge.runtime.doctor import tensorrt_version
+        import importlib.util
 
-        if tensorrt_version() is None:
+        if importlib.util.find_spec("tensorrt") is None:
             _say("build: skipped (TensorRT is not installed here; ONNX Runtime serves the bundle)")
             self.facts["build"] = "skipped: no TensorRT"
             return
@@ -181,21 +188,20 @@ class Quickstart:
         self.facts["bench"] = result
 
     def serve_and_ask(self) -> None:
-        from merino_edge.runtime.client import ApiClient
-
         sock = self.paths["socket"]
         cmd = [sys.executable, "-m", "merino_edge.cli", "serve", str(self.paths["bundle"]), "--socket", str(sock), "--metrics-addr", "127.0.0.1:0"]
         _say(f"serve: {' '.join(shlex.quote(c) for c in cmd[2:])}")
         server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
-            client = ApiClient(sock)
-            client.wait_ready(timeout=120, process=server)
+            client = _wait_ready(sock, server)
             _say(f"complete: {self.cfg.prompt!r} through {sock}")
             start = time.perf_counter()
             pieces = []
-            for piece in client.stream_completion(self.cfg.prompt, max_tokens=self.cfg.max_tokens, temperature=0.0):
-                pieces.append(piece)
-                print(piece, end="", flush=True)
+            with client:
+                print(self.cfg.prompt, end="", flush=True)
+                for piece in client.complete(self.cfg.prompt, max_tokens=self.cfg.max_tokens, temperature=0.0):
+                    pieces.append(piece)
+                    print(piece, end="", flush=True)
             print()
             self.facts["completion"] = "".join(pieces)
             self.facts["completion_s"] = time.perf_counter() - start
@@ -245,6 +251,23 @@ class Quickstart:
 
     def _model(self) -> dict:
         return {"vocab_size": self.cfg.vocab_size, "max_positions": self.cfg.max_positions}
+
+
+def _wait_ready(sock: Path, server: subprocess.Popen, timeout: float = 180.0):
+    """An ApiClient once the server answers /health with 200; InputError if it dies or never does."""
+    from merino_edge.runtime.client import ApiClient
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise InputError(f"the server exited with status {server.returncode}: {server.stderr.read().strip()[-500:]}")
+        if sock.exists():
+            client = ApiClient(sock)
+            if client.ready():
+                return client
+            client.close()
+        time.sleep(0.2)
+    raise InputError(f"the server did not become ready within {timeout:.0f} s")
 
 
 def run_quickstart(cfg: QuickstartConfig) -> str:

@@ -112,7 +112,14 @@ def _superglue(labels: tuple):
 
 
 def _pubmedqa(path: Path) -> list[dict]:
-    return [{"QUESTION": r["question"], "CONTEXTS": r["context"].split("\n"), "final_decision": r["final_decision"]} for r in _jsonl(path)]
+    """The 500 test items in PubMed-ID order (the jsonl is grouped by answer, which would bias --limit)."""
+    docs = [{"QUESTION": r["question"], "CONTEXTS": r["context"].split("\n"), "final_decision": r["final_decision"]} for r in _jsonl(path)]
+    ids = path.with_name("test_ground_truth.json")
+    if ids.is_file():  # same order as the jsonl, keyed by PubMed ID
+        pmids = [int(k) for k in json.loads(ids.read_text())]
+        if len(pmids) == len(docs):
+            docs = [doc for _, doc in sorted(zip(pmids, docs, strict=True), key=lambda pair: pair[0])]
+    return docs
 
 
 def _pubmedqa_text(doc: dict) -> str:

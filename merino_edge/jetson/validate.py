@@ -80,14 +80,15 @@ class Metrics:
     count: int
     mape: float  # mean absolute percentage error, in %
     within_10: float  # share of predictions within +-10 %, in %
-    spearman: float
+    spearman: float | None  # None for fewer than two points
 
     @classmethod
     def of(cls, points: list[Point]) -> Metrics:
         predicted = np.array([p.predicted_ms for p in points])
         measured = np.array([p.measured_ms for p in points])
         errors = np.abs(predicted - measured) / measured
-        return cls(len(points), float(100 * errors.mean()), float(100 * (errors <= 0.10).mean()), spearman(predicted, measured))
+        rho = spearman(predicted, measured) if len(points) > 1 else None
+        return cls(len(points), float(100 * errors.mean()), float(100 * (errors <= 0.10).mean()), rho)
 
 
 @dataclass
@@ -108,7 +109,8 @@ class ValidationReport:
         lines = [f"validated {self.profile} on {self.device}, {self.backend}, {self.threads} threads"]
         for name, m in (("decode", self.decode), ("prefill", self.prefill)):
             if m is not None:
-                lines.append(f"{name:8s} n={m.count:3d}  MAPE {m.mape:5.2f} %  within +-10 %: {m.within_10:5.1f} %  Spearman {m.spearman:.4f}")
+                rho = "n/a" if m.spearman is None else f"{m.spearman:.4f}"
+                lines.append(f"{name:8s} n={m.count:3d}  MAPE {m.mape:5.2f} %  within +-10 %: {m.within_10:5.1f} %  Spearman {rho}")
         return "\n".join(lines)
 
 
@@ -208,10 +210,11 @@ def plot_validation(report: ValidationReport, path: Path) -> Path:
         line = np.array([lo, hi])
         ax.plot(line, line, "k-", lw=1, label="predicted = measured")
         ax.fill_between(line, line * 0.9, line * 1.1, color="gray", alpha=0.2, label="+-10 %")
-        ax.set(xscale="log", yscale="log", xlabel="measured (ms)", ylabel="predicted (ms)")
-        ax.set_title(f"{phase}: MAPE {metrics.mape:.1f} %, {metrics.within_10:.0f} % within +-10 %, rho {metrics.spearman:.3f}", fontsize=9)
+        ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured (ms)", ylabel="predicted (ms)")
+        rho = "n/a" if metrics.spearman is None else f"{metrics.spearman:.3f}"
+        ax.set_title(f"{phase}: MAPE {metrics.mape:.1f} %, {metrics.within_10:.0f} % within +-10 %, rho {rho}", fontsize=9)
         ax.legend(fontsize=8)
-    fig.suptitle(f"{report.device} | {report.backend} | {report.threads} threads", fontsize=9)
+    fig.suptitle(f"{report.device} | {report.backend}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -114,21 +114,21 @@ class Costs:
         for name in self.names:
             price = functions[name]
             single = np.array(
-                [price(ArchSpec(blocks=(Block(a.widths[i], a.ratios[k], a.depths[m]),))) for i in range(w) for k in range(r) for m in range(d)]
+                [price(space.make_arch((Block(a.widths[i], a.ratios[k], a.depths[m]),))) for i in range(w) for k in range(r) for m in range(d)]
             ).reshape(w, r, d)
             # A one-block arch is fixed(E) + block(E, R, L); fixed does not change with R and L.
             block = single - single[:, :1, :1]
-            block += self._layer_only(name, price, a.widths, a.ratios[0], a.depths[0])[:, None, None]
+            block += self._layer_only(space, price, a.ratios[0], a.depths[0])[:, None, None]
             self.block[name] = block
             base = np.array([price(space.to_arch(np.stack([t, np.zeros_like(t), np.zeros_like(t)], axis=1))) for t in self.tuples])
             self.fixed[name] = base - block[self.tuples, 0, 0].sum(axis=1)
 
     @staticmethod
-    def _layer_only(name, price, widths, ratio, depth) -> np.ndarray:
+    def _layer_only(space: SearchSpace, price, ratio, depth) -> np.ndarray:
         """block(E, R0, L0): the two-block difference that removes everything fixed."""
         # arch(E, E) - arch(E) adds one block and no projection: exactly block(E, R0, L0).
-        two = np.array([price(ArchSpec(blocks=(Block(e, ratio, depth),) * 2)) for e in widths])
-        one = np.array([price(ArchSpec(blocks=(Block(e, ratio, depth),))) for e in widths])
+        two = np.array([price(space.make_arch((Block(e, ratio, depth),) * 2)) for e in space.axes.widths])
+        one = np.array([price(space.make_arch((Block(e, ratio, depth),))) for e in space.axes.widths])
         return two - one
 
     def _key(self, width_idx: np.ndarray) -> np.ndarray:

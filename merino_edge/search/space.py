@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from merino_edge.arch import TABLE5, ArchSpec, Axes, Block
+from merino_edge.arch import MAX_POSITIONS, PROJ_DIM, TABLE5, VOCAB_SIZE, ArchSpec, Axes, Block
 from merino_edge.errors import InputError
 
 WIDTH, RATIO, DEPTH = 0, 1, 2
@@ -22,10 +22,13 @@ WIDTH, RATIO, DEPTH = 0, 1, 2
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """N blocks over `axes` with non-decreasing widths."""
+    """N blocks over `axes` with non-decreasing widths, and the model settings every candidate shares."""
 
     axes: Axes = TABLE5
     blocks: int = 4
+    vocab_size: int = VOCAB_SIZE
+    proj_dim: int = PROJ_DIM
+    max_positions: int = MAX_POSITIONS
 
     def __post_init__(self) -> None:
         if not isinstance(self.blocks, int) or self.blocks < 1:
@@ -38,7 +41,7 @@ class SearchSpace:
                 raise InputError(f"search space: {name} must be distinct and increasing, got {list(values)}")
         # Validates every width and (width, ratio) pair the way ArchSpec does (multiples of 64, whole FFN dims).
         for e, r in itertools.product(self.axes.widths, self.axes.ratios):
-            ArchSpec(blocks=(Block(e, r, self.axes.depths[0]),))
+            self.make_arch((Block(e, r, self.axes.depths[0]),))
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -57,9 +60,13 @@ class SearchSpace:
 
     # ------------------------------------------------------ genomes <-> archs
 
+    def make_arch(self, blocks: tuple[Block, ...]) -> ArchSpec:
+        """An ArchSpec of these blocks with the space's vocabulary, projection dim and positions."""
+        return ArchSpec(blocks=tuple(blocks), vocab_size=self.vocab_size, proj_dim=self.proj_dim, max_positions=self.max_positions)
+
     def to_arch(self, genome: np.ndarray) -> ArchSpec:
         a = self.axes
-        return ArchSpec(blocks=tuple(Block(a.widths[w], a.ratios[r], a.depths[d]) for w, r, d in np.asarray(genome).tolist()))
+        return self.make_arch(tuple(Block(a.widths[w], a.ratios[r], a.depths[d]) for w, r, d in np.asarray(genome).tolist()))
 
     def from_arch(self, arch: ArchSpec) -> np.ndarray:
         if len(arch.blocks) != self.blocks:

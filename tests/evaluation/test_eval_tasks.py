@@ -84,3 +84,8 @@ def test_cb_f1_is_the_mean_of_per_class_f1():
     # (prediction, gold): class 0 has tp 1, fp 1, fn 1 -> 1/2; class 1 tp 1, fn 1 -> 2/3; class 2 is never right -> 0.
     assert macro_f1([(0, 0), (0, 1), (1, 1), (2, 0)]) == pytest.approx((1 / 2 + 2 / 3 + 0) / 3)
     assert macro_f1([(0, 0), (1, 1), (2, 2)]) == 1.0
+
+
+def test_pubmedqa_is_not_grouped_by_answer_so_limit_takes_a_fair_slice():
+    first = [doc["final_decision"] for doc in TASKS["pubmedqa"].load(EVAL / TASKS["pubmedqa"].file)[:100]]
+    assert set(first) == {"yes", "no", "maybe"}

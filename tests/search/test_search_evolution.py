@@ -59,7 +59,6 @@ def test_ea_is_deterministic_under_a_seed_and_counts_mutations():
     assert list(a.best_per_generation) == sorted(a.best_per_generation)  # elitist: the best never gets worse
 
 
-@pytest.mark.slow
 def test_ea_finds_the_exact_optimum_at_the_paper_settings():
     space = SearchSpace()
     costs = Costs(space, Budget(flops=160 * 10**9))
