@@ -9,7 +9,8 @@ of the per-call overhead).  One decode step with c tokens in the KV cache:
 A step streams the whole model through the caches, so every part meets its
 weights cold (the profile's `decode_cold`, timed after a cache flush), and a
 further execution of a shared layer costs what the profile measured for it
-(`decode_repeat`: the layer run twice, minus once).  Profiles without those
+(`decode_repeat`: the layer run twice, minus once; kept between the layer's warm
+and cold cost, since a difference of two timings is noisy).  Profiles without those
 fall back to the warm timings (and, for repeats, warm weights plus the cold
 cost of the KV cache).  Costs are interpolated linearly between the profiled
 contexts (attention over the cache is linear in c) and extended along the last
@@ -73,7 +74,9 @@ class LatencyModel:
         if key not in self._cache:
             timing = self.profile.layer(width, ratio)
             if timing.decode_repeat is not None:
-                self._cache[key] = _interp(self._contexts, timing.decode_repeat.median_ms, context)
+                # a difference of two timings is noisy: keep it between the warm and the cold cost
+                low, high = self._decode(timing, context, cold=False), self._decode(timing, context)
+                self._cache[key] = min(max(_interp(self._contexts, timing.decode_repeat.median_ms, context), low), max(low, high))
             else:  # older profiles: warm weights, plus the cold cost of reading its KV cache
                 context_cost = self._decode(timing, context) - self._decode(timing, 0)
                 self._cache[key] = self._decode(timing, 0, cold=False) + max(0.0, context_cost)

@@ -27,14 +27,14 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from merino_edge.arch import MAX_POSITIONS, PROJ_DIM, TABLE5, VOCAB_SIZE, ArchSpec, Axes
 from merino_edge.errors import IncompatibleError, InputError
-from merino_edge.search.budgets import Budget, metric_functions
+from merino_edge.search.budgets import Budget, Costs
 from merino_edge.search.objective import Objective
 from merino_edge.search.space import SearchSpace
 from merino_edge.training.study_report import Correlation, Sensitivity, StudyReport, kendall_tau, scatter_plot, spearman
@@ -135,22 +135,22 @@ class StudyConfig:
 # ------------------------------------------------------------- sampling
 
 
-def sample_archs(cfg: StudyConfig, *, rounds: int = 64, per_round: int = 2048) -> list[ArchSpec]:
+def sample_archs(cfg: StudyConfig, *, rounds: int = 64, per_round: int = 4096) -> list[ArchSpec]:
     """`cfg.archs` distinct architectures drawn uniformly from the space, each within [min_fraction, 1] of every budget."""
-    space = SearchSpace(cfg.axes, cfg.blocks)
+    space = SearchSpace(cfg.axes, cfg.blocks, cfg.vocab_size, cfg.proj_dim, cfg.max_positions)
+    costs = Costs(space, cfg.budget)
     rng = np.random.default_rng(cfg.seed)
-    limits = cfg.budget.limits()
-    prices = metric_functions(cfg.budget)
-    found: dict[str, ArchSpec] = {}
+    found: dict[bytes, ArchSpec] = {}
     for _ in range(rounds):
-        for genome in space.sample(rng, per_round):
-            arch = replace(space.to_arch(genome), vocab_size=cfg.vocab_size, proj_dim=cfg.proj_dim, max_positions=cfg.max_positions)
-            if arch.short() in found:
-                continue
-            if all(cfg.min_fraction * limit <= prices[name](arch) <= limit for name, limit in limits.items()):
-                found[arch.short()] = arch
-                if len(found) == cfg.archs:
-                    return list(found.values())
+        genomes = space.sample(rng, per_round)
+        values = costs.evaluate(genomes)
+        inside = np.ones(len(genomes), dtype=bool)
+        for name, limit in costs.limits.items():
+            inside &= (cfg.min_fraction * limit <= values[name]) & (values[name] <= limit)
+        for genome in genomes[inside]:
+            found.setdefault(genome.tobytes(), space.to_arch(genome))
+            if len(found) == cfg.archs:
+                return list(found.values())
     raise InputError(
         f"study: only {len(found)} distinct architectures of the space use between {cfg.min_fraction:g} and 1 of the budget "
         f"({cfg.budget.describe()}); ask for fewer --archs, lower --min-fraction or change the budget"

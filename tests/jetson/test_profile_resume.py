@@ -10,7 +10,7 @@ from merino_edge.arch import ArchSpec, Block
 from merino_edge.cli import main
 from merino_edge.device_profile import DeviceProfile
 from merino_edge.errors import InputError
-from merino_edge.jetson.profile import STATE_FILE, OrtRunners, profile_device
+from merino_edge.jetson.profile import QUICK, STATE_FILE, Grid, OrtRunners, profile_device
 from merino_edge.search.latency import LatencyModel
 
 
@@ -90,6 +90,12 @@ def test_cli_profile_quick_writes_a_profile(tiny, tmp_path, capsys):
     assert "wrote" in out and "layers:   4 (E, R)" in out
     profile = DeviceProfile.load(tmp_path / "p.json", backend="ort")
     assert profile.measurement.quick and profile.measurement.clock == "cpu" and profile.prefill_lengths == (16, 128)
+
+
+def test_grids_round_trip_through_json():
+    assert Grid.from_json(QUICK.to_json()) == QUICK
+    with pytest.raises(InputError, match="needs decode_contexts"):
+        Grid.from_json({"decode_contexts": [0]})
 
 
 def test_cpu_clock_needs_one_thread(tiny, tmp_path):

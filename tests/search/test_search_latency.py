@@ -98,15 +98,24 @@ def test_a_step_meets_its_parts_cold_except_repeated_shared_layers(tmp_path):
 
 def test_a_measured_repeat_cost_is_used_for_further_executions_of_a_shared_layer():
     data = with_cold_timings()
-    repeat = {"median_ms": [0.25, 0.5, 1.0], "spread_ms": [0.0, 0.0, 0.0]}
-    data["layers"] = [{**e, "decode_repeat": repeat} for e in data["layers"]]
+    data["layers"] = [{**e, "decode_repeat": {k: [1.5 * v for v in vs] for k, vs in e["decode"].items()}} for e in data["layers"]]
     model = LatencyModel(DeviceProfile.from_json(data))
     c0, c1, _ = RAW["decode_contexts"]
     context = (c0 + c1) // 2
-    assert model.repeat_ms(512, 4.0, context) == pytest.approx(0.25 + 0.25 * (context - c0) / (c1 - c0))
+    warm = raw_layer(512, 4.0, "decode")
+    assert model.repeat_ms(512, 4.0, context) == pytest.approx(1.5 * (warm[0] + warm[1]) / 2)
     block = Block(512, 4.0, 3)
     assert model.block_ms(block, context) == pytest.approx(model.layer_ms(512, 4.0, context) + 2 * model.repeat_ms(512, 4.0, context))
     assert DeviceProfile.from_json(data).to_json() == data
+
+
+def test_a_noisy_repeat_cost_is_kept_between_the_warm_and_the_cold_cost():
+    data = with_cold_timings()
+    data["layers"] = [{**e, "decode_repeat": {"median_ms": [0.0, 0.0, 99.0], "spread_ms": [0.0] * 3}} for e in data["layers"]]
+    model = LatencyModel(DeviceProfile.from_json(data))
+    c0, _, c2 = RAW["decode_contexts"]
+    assert model.repeat_ms(512, 4.0, c0) == pytest.approx(raw_layer(512, 4.0, "decode")[0])  # warm
+    assert model.repeat_ms(512, 4.0, c2) == pytest.approx(2 * raw_layer(512, 4.0, "decode")[2])  # cold
 
 
 def test_profile_round_trips_through_json():
