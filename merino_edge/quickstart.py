@@ -47,6 +47,7 @@ class QuickstartConfig:
     steps: int = 300
     seq_len: int = 128
     batch_tokens: int = 2048
+    lr: float = 3e-3  # a model this small trains stably well above the paper's 6e-4, and a few hundred steps need it
     threads: int | None = None
     prompt: str = "The Python interpreter"
     max_tokens: int = 48
@@ -143,6 +144,8 @@ class Quickstart:
             batch_tokens=self.cfg.batch_tokens,
             micro_batch=self.cfg.batch_tokens // self.cfg.seq_len,
             max_steps=self.cfg.steps,
+            lr=self.cfg.lr,
+            warmup=max(1, self.cfg.steps // 10),
             eval_every=max(1, self.cfg.steps // 4),
             save_every=max(1, self.cfg.steps // 4),
             eval_tokens=16 * self.cfg.seq_len,
