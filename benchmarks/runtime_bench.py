@@ -95,7 +95,7 @@ def build_bundle(name: str, arch: ArchSpec, tokenizer: Path, work: Path) -> tupl
     """A random-init checkpoint of `arch` and its FP32 bundle (reused when already there)."""
     import torch
 
-    from merino_edge.export.bundle import export_bundle
+    from merino_edge.export.package import export_bundle
     from merino_edge.model import MeRinoConfig, MeRinoForCausalLM
     from merino_edge.training.checkpoint import save_model_dir
 

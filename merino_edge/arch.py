@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from merino_edge.errors import InputError
@@ -156,7 +157,7 @@ class ArchSpec:
     def projections(self) -> list[tuple[int, int]]:
         """(in, out) of every projection linear, in forward order."""
         dims = [self.proj_dim, *self.widths, self.proj_dim]
-        return [(a, b) for a, b in zip(dims, dims[1:]) if a != b]
+        return [(a, b) for a, b in pairwise(dims) if a != b]
 
     # ---------------------------------------------------------------- costs
 

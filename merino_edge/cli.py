@@ -222,7 +222,7 @@ def _add_export(p: argparse.ArgumentParser) -> None:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    from merino_edge.export.bundle import export_bundle
+    from merino_edge.export.package import export_bundle
 
     bundle = export_bundle(
         args.checkpoint, args.out, fp32=args.fp32, fp16=args.fp16, max_context=args.max_context,

@@ -158,7 +158,8 @@ class Quickstart:
         (out / "train_result.json").write_text(json.dumps({k: getattr(result, k) for k in ("steps", "tokens", "train_loss", "val_loss", "val_perplexity", "elapsed_s", "tokens_per_s")}, indent=2))
 
     def export(self) -> None:
-        from merino_edge.export.bundle import Bundle, export_bundle
+        from merino_edge.export.bundle import Bundle
+        from merino_edge.export.package import export_bundle
 
         out = self.paths["bundle"]
         try:

@@ -72,7 +72,7 @@ def tiny_checkpoint_unshared(tmp_path_factory, tiny_tokenizer) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
-    from merino_edge.export.bundle import export_bundle
+    from merino_edge.export.package import export_bundle
 
     out = tmp_path_factory.mktemp("bundle") / "bundle"
     export_bundle(tiny_checkpoint, out, fp32=True, fp16=True, max_context=128, max_batch=4, progress=False)

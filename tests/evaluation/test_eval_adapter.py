@@ -30,7 +30,7 @@ def uniform_bundle(tmp_path_factory, tiny_checkpoint):
     from transformers import AutoModelForCausalLM
 
     import merino_edge.model  # noqa: F401
-    from merino_edge.export.bundle import export_bundle
+    from merino_edge.export.package import export_bundle
     from merino_edge.training.checkpoint import save_model_dir
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_checkpoint)).eval()
