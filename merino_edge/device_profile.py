@@ -63,37 +63,28 @@ class PartTiming:
 
     `decode` is timed with the part's weights in cache (run after run);
     `decode_cold`, when measured, with the CPU caches flushed before every run,
-    as a part meets them inside a whole model step.  Layers also carry
-    `decode_repeat`: what a further execution of the same shared layer adds in
-    the same step (the layer timed twice in a row, each with its own KV cache,
-    minus once).
+    as a part meets them inside a whole model step.
     """
 
     decode: Timing
     prefill: Timing
     decode_cold: Timing | None = None
-    decode_repeat: Timing | None = None
 
     def to_json(self) -> dict:
         out = {"decode": self.decode.to_json(), "prefill": self.prefill.to_json()}
-        for name in ("decode_cold", "decode_repeat"):
-            if getattr(self, name) is not None:
-                out[name] = getattr(self, name).to_json()
+        if self.decode_cold is not None:
+            out["decode_cold"] = self.decode_cold.to_json()
         return out
 
     @classmethod
     def from_json(cls, data: dict, where: str, decode_points: int, prefill_points: int) -> PartTiming:
         if not isinstance(data, dict):
             raise InputError(f"{where}: expected an object with decode and prefill")
-        optional = {
-            name: Timing.from_json(data[name], f"{where}.{name}", decode_points)
-            for name in ("decode_cold", "decode_repeat")
-            if data.get(name) is not None
-        }
+        cold = data.get("decode_cold")
         return cls(
             Timing.from_json(data.get("decode"), f"{where}.decode", decode_points),
             Timing.from_json(data.get("prefill"), f"{where}.prefill", prefill_points),
-            **optional,
+            None if cold is None else Timing.from_json(cold, f"{where}.decode_cold", decode_points),
         )
 
 

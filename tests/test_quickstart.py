@@ -26,7 +26,7 @@ def test_quickstart_end_to_end_then_reuses_everything(tmp_path, capsys):
         workdir=tmp_path / "qs",
         axes=Axes(widths=(64, 128), ratios=(1.0, 2.0), depths=(1, 2)),
         blocks=2,
-        vocab_size=320,
+        vocab_size=512,
         max_positions=96,
         latency_context=32,
         steps=6,
@@ -43,7 +43,7 @@ def test_quickstart_end_to_end_then_reuses_everything(tmp_path, capsys):
     work = cfg.workdir
     arch = load_arch(work / "arch.json")
     record = json.loads((work / "arch.json").read_text())["search"]
-    assert arch.vocab_size == 320 and len(arch.blocks) == 2
+    assert arch.vocab_size == 512 and len(arch.blocks) == 2
     # The search ran under a latency budget taken from the measured profile.
     assert record["budget"]["latency_ms"] > 0
     assert record["costs"]["decode_latency_ms"] <= record["budget"]["latency_ms"]

@@ -37,23 +37,20 @@ OPSET = MIN_OPSET
 
 
 class LayerStep(nn.Module):
-    """One `MeRinoLayer` run `executions` times over as many past K/V caches, as a shared layer runs.
+    """One `MeRinoLayer` over a past K/V: (x, attn_bias, past_key, past_value) -> (y, present_key, present_value).
 
-    (x, attn_bias, past_key, past_value[, past_key, past_value ...]) -> (y, present_key, present_value[, ...]).
     Unlike `export.onnx.LayerGraph` it takes the attention bias, not the mask: the
     whole model builds the bias once per step (the embedding part here), not per layer.
     """
 
-    def __init__(self, width: int, ratio: float, head_dim: int, executions: int = 1):
+    def __init__(self, width: int, ratio: float, head_dim: int):
         super().__init__()
         self.layer = MeRinoLayer(width, Block(width, ratio, 1).ffn_dim, head_dim, EPS)
-        self.executions = executions
 
-    def forward(self, x, attn_bias, *past):
-        cache = _ExplicitCache(list(zip(past[0::2], past[1::2], strict=True)))
-        for i in range(self.executions):
-            x = self.layer(x, attn_bias, cache, i)
-        return (x, *[t for present in cache.presents for t in present])
+    def forward(self, x, attn_bias, past_key, past_value):
+        cache = _ExplicitCache([(past_key, past_value)])
+        y = self.layer(x, attn_bias, cache, 0)
+        return (y, *cache.presents[0])
 
 
 class Embedding(nn.Module):
@@ -102,8 +99,8 @@ def build_module(part: dict, model: dict) -> nn.Module:
         return Overhead()
     if kind == "embedding":
         return Embedding(model["vocab_size"], model["proj_dim"], model["max_positions"])
-    if kind in ("layer", "layer_repeat"):
-        return LayerStep(part["width"], part["ratio"], model["head_dim"], executions=2 if kind == "layer_repeat" else 1)
+    if kind == "layer":
+        return LayerStep(part["width"], part["ratio"], model["head_dim"])
     if kind == "projection":
         return nn.Linear(part["in"], part["out"], bias=False)
     if kind == "final_norm":

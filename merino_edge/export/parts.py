@@ -28,28 +28,18 @@ def _part(name: str, kind: str, inputs: dict, outputs: dict, params: int, **keys
     return {"name": name, "kind": kind, "file": f"{name}.onnx", "inputs": inputs, "outputs": outputs, "params": params, **keys}
 
 
-def _layer_io(width: int, head_dim: int, executions: int) -> tuple[dict, dict]:
-    """Inputs and outputs of a layer graph run `executions` times in a row, each with its own KV cache.
-
-    Names: x, attn_bias, past_key / past_value -> y, present_key / present_value,
-    with a suffix .0, .1, ... per execution when there are several.
-    """
+def _layer_io(width: int, head_dim: int) -> tuple[dict, dict]:
+    """Inputs and outputs of a layer graph: x, attn_bias, past K/V -> y, present K/V."""
     kv, present = [1, width // head_dim, "c", head_dim], [1, width // head_dim, "t", head_dim]
-    suffixes = [""] if executions == 1 else [f".{i}" for i in range(executions)]
-    inputs = {"x": [1, "s", width], "attn_bias": [1, 1, "s", "t"]}
-    outputs = {"y": [1, "s", width]}
-    for sfx in suffixes:
-        inputs.update({f"past_key{sfx}": kv, f"past_value{sfx}": kv})
-        outputs.update({f"present_key{sfx}": present, f"present_value{sfx}": present})
+    inputs = {"x": [1, "s", width], "attn_bias": [1, 1, "s", "t"], "past_key": kv, "past_value": kv}
+    outputs = {"y": [1, "s", width], "present_key": present, "present_value": present}
     return inputs, outputs
 
 
 def micro_parts(axes: Axes = TABLE5, vocab_size: int = VOCAB_SIZE, proj_dim: int = PROJ_DIM, head_dim: int = HEAD_DIM, max_positions: int = MAX_POSITIONS) -> list[dict]:
     """Every part a model over `axes` is made of, with its input and output shape templates.
 
-    Kinds: overhead, embedding, layer (one execution per (E, R)), layer_repeat
-    (the same layer run twice, each with its own KV cache: the second run is what
-    a further execution of a shared layer costs), projection, final_norm, head.
+    Kinds: overhead, embedding, layer (one per (E, R)), projection, final_norm, head.
     """
     p = proj_dim
     bias = [1, 1, "s", "t"]
@@ -66,8 +56,7 @@ def micro_parts(axes: Axes = TABLE5, vocab_size: int = VOCAB_SIZE, proj_dim: int
     for e in axes.widths:
         for r in axes.ratios:
             params = ArchSpec.layer_params(Block(e, r, 1))
-            parts.append(_part(f"layer_E{e}_R{r:g}", "layer", *_layer_io(e, head_dim, 1), params, width=e, ratio=float(r)))
-            parts.append(_part(f"layer_E{e}_R{r:g}_x2", "layer_repeat", *_layer_io(e, head_dim, 2), params, width=e, ratio=float(r)))
+            parts.append(_part(f"layer_E{e}_R{r:g}", "layer", *_layer_io(e, head_dim), params, width=e, ratio=float(r)))
     for a, b in needed_projections(axes, p):
         parts.append(_part(f"proj_{a}_{b}", "projection", {"x": [1, "s", a]}, {"y": [1, "s", b]}, a * b, **{"in": a, "out": b}))
     for e in axes.widths:

@@ -229,10 +229,8 @@ def describe_device(threads: int, gpu: str | None = None, root: str | Path = "/"
 
 def _part_points(part: dict, grid: Grid) -> list[tuple[str, int, int]]:
     """(phase, seq_len, past_len) of every point this part is timed at."""
-    layer = part["kind"] in ("layer", "layer_repeat")
-    contexts = grid.decode_contexts if layer else grid.decode_contexts[:1]
-    lengths = grid.prefill_lengths if part["kind"] != "layer_repeat" else ()
-    return [("decode", 1, c) for c in contexts] + [("prefill", s, 0) for s in lengths]
+    contexts = grid.decode_contexts if part["kind"] == "layer" else grid.decode_contexts[:1]
+    return [("decode", 1, c) for c in contexts] + [("prefill", s, 0) for s in grid.prefill_lengths]
 
 
 def _weight(part: dict, grid: Grid) -> float:
@@ -313,17 +311,6 @@ def _net(raw: dict, overhead: float, overhead_cold: float | None) -> PartTiming:
     return PartTiming(_timing(raw["decode"], overhead), _timing(raw["prefill"], overhead), cold)
 
 
-def _repeat(once: dict, twice: dict) -> Timing:
-    """What the second execution of a shared layer adds: twice minus once (cold when timed cold)."""
-    phase = "decode_cold" if once.get("decode_cold") and twice.get("decode_cold") else "decode"
-    return _timing([[t[0] - o[0], t[1], t[2]] for o, t in zip(once[phase], twice[phase], strict=True)])
-
-
-def _with_repeat(timing: PartTiming, part: dict, repeats: dict, results: dict) -> PartTiming:
-    twice = repeats.get((part["width"], part["ratio"]))
-    return timing if twice is None else replace(timing, decode_repeat=_repeat(results[part["name"]], results[twice]))
-
-
 def assemble_profile(graphs: dict, results: dict, grid: Grid, device: DeviceInfo, backend: BackendInfo) -> DeviceProfile:
     """Build the DeviceProfile from raw results: every part net of the measured call overhead."""
     by_kind: dict[str, list[dict]] = {}
@@ -334,8 +321,7 @@ def assemble_profile(graphs: dict, results: dict, grid: Grid, device: DeviceInfo
     raw_overhead = results[by_kind["overhead"][0]["name"]]
     overhead = raw_overhead["decode"][0][0]
     overhead_cold = raw_overhead["decode_cold"][0][0] if raw_overhead.get("decode_cold") else None
-    net = {p["name"]: _net(results[p["name"]], overhead, overhead_cold) for p in graphs["parts"] if p["kind"] != "layer_repeat"}
-    repeats = {(p["width"], p["ratio"]): p["name"] for p in by_kind.get("layer_repeat", [])}
+    net = {p["name"]: _net(results[p["name"]], overhead, overhead_cold) for p in graphs["parts"]}
     model = graphs["model"]
     return DeviceProfile(
         device=device,
@@ -346,7 +332,7 @@ def assemble_profile(graphs: dict, results: dict, grid: Grid, device: DeviceInfo
         prefill_lengths=grid.prefill_lengths,
         overhead_ms=overhead,
         overhead_cold_ms=overhead_cold,
-        layers={(p["width"], p["ratio"]): _with_repeat(net[p["name"]], p, repeats, results) for p in by_kind["layer"]},
+        layers={(p["width"], p["ratio"]): net[p["name"]] for p in by_kind["layer"]},
         embedding=net[by_kind["embedding"][0]["name"]],
         projections={(p["in"], p["out"]): net[p["name"]] for p in by_kind["projection"]},
         final_norms={p["width"]: net[p["name"]] for p in by_kind["final_norm"]},

@@ -4,20 +4,19 @@ A model's latency is additive over its parts (the profile stores every part net
 of the per-call overhead).  One decode step with c tokens in the KV cache:
 
     decode_ms(arch, c) = overhead + embedding + sum of projections + final norm + head
-                         + sum_j [ first(E_j, R_j, c) + (L_j - 1) * repeat(E_j, R_j, c) ]
+                         + sum_j L_j * layer(E_j, R_j, c)
 
-A step streams the whole model through the caches, so every part meets its
-weights cold (the profile's `decode_cold`, timed after a cache flush), and a
-further execution of a shared layer costs what the profile measured for it
-(`decode_repeat`: the layer run twice, minus once; kept between the layer's warm
-and cold cost, since a difference of two timings is noisy).  Profiles without those
-fall back to the warm timings (and, for repeats, warm weights plus the cold
-cost of the KV cache).  Costs are interpolated linearly between the profiled
-contexts (attention over the cache is linear in c) and extended along the last
-segment.  `prefill_ms(arch, s)` is the plain sum over a prompt of s tokens
-(compute-bound: caches matter little), interpolated between the profiled prompt
-lengths.  The exact solver can use the decomposition: `block_ms` per block plus
-`fixed_ms` for the rest.
+A step streams the whole model through the caches, so every part is taken
+cold (the profile's `decode_cold`, timed after a cache flush; profiles without
+it use the warm timings).  Repeated executions of a shared layer count as cold
+too: each reads its own KV cache, and on the development machine timing a
+layer twice in a row did not give a repeat cost that predicted whole models
+better (see docs/device-profile.md).  Costs are interpolated linearly between
+the profiled contexts (attention over the cache is linear in c) and extended
+along the last segment.  `prefill_ms(arch, s)` is the same sum over a prompt of
+s tokens (compute-bound: warm timings), interpolated between the profiled
+prompt lengths.  The exact solver can use the additivity: `block_ms` per block
+plus `fixed_ms` for the rest.
 
 numpy only.
 """
@@ -62,32 +61,15 @@ class LatencyModel:
         return _interp(self._contexts, self._decode_timing(timing, cold).median_ms, context)
 
     def layer_ms(self, width: int, ratio: float, context: int) -> float:
-        """One execution of a (width, ratio) layer in a decode step, weights not in cache."""
+        """One execution of a (width, ratio) layer in a decode step, its weights and KV cache not in cache."""
         key = ("first", width, ratio, context)
         if key not in self._cache:
             self._cache[key] = self._decode(self.profile.layer(width, ratio), context)
         return self._cache[key]
 
-    def repeat_ms(self, width: int, ratio: float, context: int) -> float:
-        """A further execution of the same shared layer in the same step (its own KV cache)."""
-        key = ("repeat", width, ratio, context)
-        if key not in self._cache:
-            timing = self.profile.layer(width, ratio)
-            if timing.decode_repeat is not None:
-                # a difference of two timings is noisy: keep it between the warm and the cold cost
-                low, high = self._decode(timing, context, cold=False), self._decode(timing, context)
-                self._cache[key] = min(max(_interp(self._contexts, timing.decode_repeat.median_ms, context), low), max(low, high))
-            else:  # older profiles: warm weights, plus the cold cost of reading its KV cache
-                context_cost = self._decode(timing, context) - self._decode(timing, 0)
-                self._cache[key] = self._decode(timing, 0, cold=False) + max(0.0, context_cost)
-        return self._cache[key]
-
-    def block_ms(self, block: Block, context: int, shared: bool = True) -> float:
-        """All `block.depth` executions of a block's layer in one decode step."""
-        first = self.layer_ms(block.width, block.ratio, context)
-        if not shared:
-            return block.depth * first
-        return first + (block.depth - 1) * self.repeat_ms(block.width, block.ratio, context)
+    def block_ms(self, block: Block, context: int) -> float:
+        """All `block.depth` executions of a block's layer in one decode step (each meets its weights cold)."""
+        return block.depth * self.layer_ms(block.width, block.ratio, context)
 
     def layer_prefill_ms(self, width: int, ratio: float, seq_len: int) -> float:
         """One layer of (width, ratio) over a prompt of `seq_len` tokens."""
@@ -120,7 +102,7 @@ class LatencyModel:
 
     def decode_ms(self, arch: ArchSpec, context: int) -> float:
         """Latency of one decode step (one new token) with `context` tokens in the KV cache."""
-        return self.fixed_ms(arch, context) + sum(self.block_ms(b, context, arch.shared) for b in arch.blocks)
+        return self.fixed_ms(arch, context) + sum(self.block_ms(b, context) for b in arch.blocks)
 
     def prefill_ms(self, arch: ArchSpec, seq_len: int) -> float:
         """Latency of the forward pass over a prompt of `seq_len` tokens (empty cache)."""
@@ -133,7 +115,7 @@ class LatencyModel:
         """Decode latency split into fixed parts and one entry per block (ms)."""
         out = {"fixed": self.fixed_ms(arch, context)}
         for j, b in enumerate(arch.blocks):
-            out[f"block{j}"] = self.block_ms(b, context, arch.shared)
+            out[f"block{j}"] = self.block_ms(b, context)
         return out
 
     def _check(self, arch: ArchSpec) -> None:

@@ -15,7 +15,7 @@ from merino_edge.jetson.profile import profile_device
 def test_every_part_runs_at_any_length_and_past_with_the_indexed_shapes(tiny):
     graphs = read_graphs(tiny.graphs)
     kinds = [p["kind"] for p in graphs["parts"]]
-    assert kinds.count("layer") == kinds.count("layer_repeat") == 4 and kinds.count("projection") == 2 and kinds.count("final_norm") == 2
+    assert kinds.count("layer") == 4 and kinds.count("projection") == 2 and kinds.count("final_norm") == 2
     rng = np.random.default_rng(0)
     for part in graphs["parts"]:
         session = ort.InferenceSession(str(tiny.graphs / part["file"]), providers=["CPUExecutionProvider"])

@@ -77,45 +77,15 @@ def with_cold_timings() -> dict:
     return {**RAW, **data, "embedding": cold(RAW["embedding"]), "head": cold(RAW["head"]), "overhead_cold_ms": 0.5}
 
 
-def test_a_step_meets_its_parts_cold_except_repeated_shared_layers(tmp_path):
-    data = with_cold_timings()
-    model = LatencyModel(DeviceProfile.from_json(data))
+def test_a_decode_step_meets_every_part_cold():
+    model = LatencyModel(DeviceProfile.from_json(with_cold_timings()))
     index, context = 2, RAW["decode_contexts"][2]
     fixed = 0.5 + 2 * (raw_fixed("decode", 0) - RAW["overhead_ms"])
-    layers = 0.0
-    for b in ARCH.blocks:
-        warm = raw_layer(b.width, b.ratio, "decode")
-        first = 2 * warm[index]
-        repeat = warm[0] + (2 * warm[index] - 2 * warm[0])  # warm weights, cold KV cache of its own
-        layers += first + (b.depth - 1) * repeat
+    layers = sum(b.depth * 2 * raw_layer(b.width, b.ratio, "decode")[index] for b in ARCH.blocks)
     assert model.decode_ms(ARCH, context) == pytest.approx(fixed + layers, rel=1e-12)
-    unshared = ArchSpec(ARCH.blocks, shared=False)
-    cold_layers = sum(b.depth * 2 * raw_layer(b.width, b.ratio, "decode")[index] for b in ARCH.blocks)
-    assert model.decode_ms(unshared, context) == pytest.approx(fixed + cold_layers, rel=1e-12)
+    assert model.block_ms(ARCH.blocks[1], context) == pytest.approx(3 * model.layer_ms(512, 4.0, context))
     # prefill is compute-bound and uses the plain (warm) sums
     assert model.prefill_ms(ARCH, 128) == pytest.approx(LatencyModel(DeviceProfile.from_json(RAW)).prefill_ms(ARCH, 128))
-
-
-def test_a_measured_repeat_cost_is_used_for_further_executions_of_a_shared_layer():
-    data = with_cold_timings()
-    data["layers"] = [{**e, "decode_repeat": {k: [1.5 * v for v in vs] for k, vs in e["decode"].items()}} for e in data["layers"]]
-    model = LatencyModel(DeviceProfile.from_json(data))
-    c0, c1, _ = RAW["decode_contexts"]
-    context = (c0 + c1) // 2
-    warm = raw_layer(512, 4.0, "decode")
-    assert model.repeat_ms(512, 4.0, context) == pytest.approx(1.5 * (warm[0] + warm[1]) / 2)
-    block = Block(512, 4.0, 3)
-    assert model.block_ms(block, context) == pytest.approx(model.layer_ms(512, 4.0, context) + 2 * model.repeat_ms(512, 4.0, context))
-    assert DeviceProfile.from_json(data).to_json() == data
-
-
-def test_a_noisy_repeat_cost_is_kept_between_the_warm_and_the_cold_cost():
-    data = with_cold_timings()
-    data["layers"] = [{**e, "decode_repeat": {"median_ms": [0.0, 0.0, 99.0], "spread_ms": [0.0] * 3}} for e in data["layers"]]
-    model = LatencyModel(DeviceProfile.from_json(data))
-    c0, _, c2 = RAW["decode_contexts"]
-    assert model.repeat_ms(512, 4.0, c0) == pytest.approx(raw_layer(512, 4.0, "decode")[0])  # warm
-    assert model.repeat_ms(512, 4.0, c2) == pytest.approx(2 * raw_layer(512, 4.0, "decode")[2])  # cold
 
 
 def test_profile_round_trips_through_json():
