@@ -413,6 +413,7 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every CPU this process may use)")
     p.add_argument("--quick", action="store_true", help="fewer contexts, lengths and repetitions (every (E, R) is still timed)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: time this process's CPU time, for a machine busy with other work (needs --threads 1)")
+    p.add_argument("--flush-mib", type=int, default=None, help="buffer written before each cold decode run (default: twice the last-level cache, >= 64)")
     p.add_argument("--out", default=None, help="profile: the JSON to write (default profile.json); validate: a folder (default validation/)")
     p.add_argument("--workdir", default=None, help="micro-graphs and partial results, kept for resuming (default: beside --out)")
     p.add_argument("--archs", type=int, default=30, help="validate: random architectures to time (default 30)")
@@ -453,17 +454,17 @@ def _run_profile(args: argparse.Namespace) -> int:
     if args.backend == "tensorrt":
         fail("profile --backend tensorrt is not available yet: profile with --backend ort (or torch on a GPU)")
     runners = None
-    try:
-        from merino_edge.export import micro
-    except ImportError as exc:  # on the board: time the micro-graphs exported elsewhere into `workdir`
-        if args.backend == "torch" or not (workdir / GRAPHS_FILE).exists():
+    if args.backend == "torch" or not (workdir / GRAPHS_FILE).exists():
+        try:
+            from merino_edge.export import micro
+        except ImportError as exc:  # on the board: export where torch is installed, copy the work dir
             fail(f"exporting the micro-graphs needs torch ({exc}); run this command where torch is installed and copy {workdir} here")
-    else:
         if args.backend == "torch":
             runners = micro.TorchRunners(args.precision, args.device, args.threads)
         else:
             micro.export_micro_graphs(workdir, precision=args.precision)
-    profile = profile_device(workdir, out, threads=args.threads, quick=args.quick, clock=args.clock, runners=runners)
+    flush = None if args.flush_mib is None else args.flush_mib << 20
+    profile = profile_device(workdir, out, threads=args.threads, quick=args.quick, clock=args.clock, flush_bytes=flush, runners=runners)
     print(summary(profile))
     print(f"wrote {out}")
     return 0

@@ -123,6 +123,16 @@ def clocks_locked(root: str | Path = "/") -> bool | None:
     return True
 
 
+def last_level_cache_bytes(root: str | Path = "/") -> int | None:
+    """Size of the largest CPU cache of cpu0 from sysfs (e.g. '491520K'), None when unknown."""
+    sizes = []
+    for entry in (Path(root) / "sys" / "devices" / "system" / "cpu" / "cpu0" / "cache").glob("index*/size"):
+        match = re.fullmatch(r"(\d+)([KMG]?)", (_read(entry) or "").strip())
+        if match:
+            sizes.append(int(match.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[match.group(2)])
+    return max(sizes) if sizes else None
+
+
 def usable_cpus() -> int:
     """CPUs this process may run on."""
     try:

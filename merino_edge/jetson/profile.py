@@ -10,8 +10,9 @@ Timing follows the runtime: every input and output is bound once to a
 preallocated buffer (IOBinding), so a step costs what the graph costs.  Each
 grid point gets warm-up runs, then repetitions until a time target (between a
 minimum and a maximum count); the median and the interquartile range are kept.
-Decode is timed twice: warm (run after run) and cold (a 64 MiB buffer written
-before every run), because a whole model step meets most parts cold.  An empty
+Decode is timed twice: warm (run after run) and cold (a buffer of twice the
+last-level cache written before every run), because a whole model step meets
+its parts cold.  An empty
 graph gives the fixed per-call overhead, which is subtracted from every part.
 The clock is wall time, or the process's CPU time (`clock="cpu"`, one thread)
 on a machine that other work keeps busy.  Results are saved atomically after
@@ -65,7 +66,9 @@ class Grid:
             raise InputError(f"profile grid: needs decode_contexts, prefill_lengths and Measurement fields ({exc})") from None
 
 
-FLUSH_BYTES = 64 << 20  # written before every cold run: past the last-level cache (64 MiB flushed as well as 256 here)
+# Written before every cold run: twice the last-level cache, at least 64 MiB (a smaller flush
+# leaves much of a layer in a large cache, and a model step does not).
+FLUSH_BYTES = max(64 << 20, 2 * (board_info.last_level_cache_bytes() or 0))
 FULL = Grid(
     (0, 128, 512, 1024, 2047),
     (16, 64, 256, 1024),
@@ -361,6 +364,7 @@ def profile_device(
     threads: int | None = None,
     quick: bool = False,
     clock: str = "wall",
+    flush_bytes: int | None = None,
     grid: Grid | None = None,
     runners: RunnerFactory | None = None,
     progress: bool = True,
@@ -371,7 +375,9 @@ def profile_device(
     (`OrtRunners`); `export.micro.TorchRunners` times the torch modules instead.
     `clock` "cpu" times this process's CPU time instead of elapsed time: on a
     machine shared with other work it measures what an idle core would take
-    (one thread only).  `grid` replaces the FULL / QUICK grids (and their clock).  Interrupted, it keeps what it timed; the next call
+    (one thread only).  `flush_bytes` sets the buffer written before every cold
+    decode run (0: no cold timings).  `grid` replaces the FULL / QUICK grids
+    (and their clock and flush).  Interrupted, it keeps what it timed; the next call
     with the same `workdir` and settings continues from there.
     """
     workdir = Path(workdir)
@@ -386,7 +392,8 @@ def profile_device(
         raise InputError(f"--clock cpu adds up the CPU time of every thread: use it with --threads 1, not {threads}")
     if grid is None:
         grid = QUICK if quick else FULL
-        grid = replace(grid, measurement=replace(grid.measurement, clock=clock))
+        flush = grid.measurement.flush_bytes if flush_bytes is None else flush_bytes
+        grid = replace(grid, measurement=replace(grid.measurement, clock=clock, flush_bytes=flush))
     grid = check_grid(grid, graphs["model"]["max_positions"])
     workdir.mkdir(parents=True, exist_ok=True)
     settings = {"backend": backend.name, "precision": backend.precision, "threads": threads, "grid": grid.to_json()}

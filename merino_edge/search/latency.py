@@ -54,17 +54,16 @@ class LatencyModel:
         return p.overhead_ms if p.overhead_cold_ms is None else p.overhead_cold_ms
 
     @staticmethod
-    def _decode_timing(timing: PartTiming, cold: bool = True):
-        return timing.decode_cold if cold and timing.decode_cold is not None else timing.decode
-
-    def _decode(self, timing: PartTiming, context: float, cold: bool = True) -> float:
-        return _interp(self._contexts, self._decode_timing(timing, cold).median_ms, context)
+    def _decode_timing(timing: PartTiming):
+        """The cold decode timing when profiled, else the warm one."""
+        return timing.decode if timing.decode_cold is None else timing.decode_cold
 
     def layer_ms(self, width: int, ratio: float, context: int) -> float:
         """One execution of a (width, ratio) layer in a decode step, its weights and KV cache not in cache."""
-        key = ("first", width, ratio, context)
+        key = (width, ratio, context)
         if key not in self._cache:
-            self._cache[key] = self._decode(self.profile.layer(width, ratio), context)
+            timing = self._decode_timing(self.profile.layer(width, ratio))
+            self._cache[key] = _interp(self._contexts, timing.median_ms, context)
         return self._cache[key]
 
     def block_ms(self, block: Block, context: int) -> float:

@@ -6,7 +6,7 @@ import pytest
 
 from merino_edge.errors import IncompatibleError, MerinoError, MissingDependencyError
 from merino_edge.jetson import power
-from merino_edge.jetson.board import clocks_locked, cpu_model, detect_board, jetpack_release, l4t_release
+from merino_edge.jetson.board import clocks_locked, cpu_model, detect_board, jetpack_release, l4t_release, last_level_cache_bytes
 
 
 def make_root(tmp_path: Path, model: str | None, release: str | None) -> Path:
@@ -62,6 +62,15 @@ def test_cpu_model_and_locked_clocks_from_sysfs(tmp_path):
     assert clocks_locked(tmp_path) is True
     (freq / "scaling_min_freq").write_text("115200\n")
     assert clocks_locked(tmp_path) is False
+
+
+def test_last_level_cache_from_sysfs(tmp_path):
+    assert last_level_cache_bytes(tmp_path) is None
+    for index, size in enumerate(["48K", "2048K", "4M"]):
+        folder = tmp_path / "sys" / "devices" / "system" / "cpu" / "cpu0" / "cache" / f"index{index}"
+        folder.mkdir(parents=True)
+        (folder / "size").write_text(size + "\n")
+    assert last_level_cache_bytes(tmp_path) == 4 << 20
 
 
 def test_power_mode_and_clocks_refuse_off_a_jetson(tmp_path):
