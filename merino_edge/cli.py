@@ -402,7 +402,7 @@ def _run_complete(args: argparse.Namespace) -> int:
 
 def _add_profile(p: argparse.ArgumentParser) -> None:
     p.usage = (
-        "merino-edge profile [--backend ort|torch] [--precision fp32|fp16] [--threads N] [--quick] [--clock wall|cpu] [--out profile.json] [--workdir DIR]\n"
+        "merino-edge profile [--backend ort|torch] [--precision fp32|fp16] [--threads N] [--quick] [--clock wall|cpu] [--out profile.json] [--workdir DIR] [--export-only]\n"
         "       merino-edge profile validate PROFILE.json [--archs 30 | --arch arch.json] [--contexts 100 1000] [--out DIR] [--workdir DIR]"
     )
     p.add_argument("action", nargs="?", choices=["validate"], help="validate: time random whole models against PROFILE's predictions")
@@ -416,6 +416,7 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--flush-mib", type=int, default=None, help="buffer written before each cold decode run (default: twice the last-level cache, >= 64)")
     p.add_argument("--out", default=None, help="profile: the JSON to write (default profile.json); validate: a folder (default validation/)")
     p.add_argument("--workdir", default=None, help="micro-graphs and partial results, kept for resuming (default: beside --out)")
+    p.add_argument("--export-only", action="store_true", help="only export the micro-graphs into --workdir (where torch is), for a board without torch")
     p.add_argument("--archs", type=int, default=30, help="validate: random architectures to time (default 30)")
     p.add_argument("--seed", type=int, default=0, help="validate: seed of the random architectures")
     p.add_argument("--arch", action="append", default=[], help="validate: time this arch.json instead of random ones (repeatable)")
@@ -458,11 +459,14 @@ def _run_profile(args: argparse.Namespace) -> int:
         try:
             from merino_edge.export import micro
         except ImportError as exc:  # on the board: export where torch is installed, copy the work dir
-            fail(f"exporting the micro-graphs needs torch ({exc}); run this command where torch is installed and copy {workdir} here")
+            fail(f"exporting the micro-graphs needs torch ({exc}); run `merino-edge profile --export-only --workdir DIR` where torch is installed and pass that DIR here as --workdir")
         if args.backend == "torch":
             runners = micro.TorchRunners(args.precision, args.device, args.threads)
         else:
             micro.export_micro_graphs(workdir, precision=args.precision)
+    if args.export_only:
+        print(f"exported the micro-graphs to {workdir}; copy it to the board and run `merino-edge profile --workdir {workdir.name}` there")
+        return 0
     flush = None if args.flush_mib is None else args.flush_mib << 20
     profile = profile_device(workdir, out, threads=args.threads, quick=args.quick, clock=args.clock, flush_bytes=flush, runners=runners)
     print(summary(profile))

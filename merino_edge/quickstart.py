@@ -186,11 +186,29 @@ class Quickstart:
         self.facts["build"] = "TensorRT FP16 engine"
 
     def measure(self) -> None:
+        """Time the exported model's decode step exactly as `profile validate` does, and its serving speed."""
+        from merino_edge.arch import save_arch
+        from merino_edge.export.bundle import Bundle
+        from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE
+        from merino_edge.jetson.validate import validate_profile
         from merino_edge.runtime.bench import bench_bundle
 
-        _say(f"bench: decode latency at context {self.cfg.latency_context}")
-        result = bench_bundle(self.paths["bundle"], prompt_tokens=self.cfg.latency_context, new_tokens=32, threads=self.cfg.threads)
-        self.facts["bench"] = result
+        bundle = Bundle.load(self.paths["bundle"], verify=False)
+        folder = self.dir / "validation" / "model"
+        folder.mkdir(parents=True, exist_ok=True)
+        graph = bundle.onnx_path("fp32")
+        for src, name in ((graph, GRAPH_FILE), (graph.with_name(graph.name + ".data"), GRAPH_FILE + ".data")):
+            (folder / name).unlink(missing_ok=True)
+            (folder / name).symlink_to(src)
+        save_arch(folder / ARCH_FILE, bundle.arch)
+        _say(f"validate: the latency model's prediction against the whole model at context {self.cfg.latency_context}")
+        report = validate_profile(
+            self.paths["profile"], [folder], self.dir / "validation",
+            decode_contexts=(self.cfg.latency_context,), prefill_lengths=(PROFILE_LENGTHS[1],), progress=self.cfg.progress,
+        )  # fmt: skip
+        self.facts["decode"] = next(p for p in report.points if p.phase == "decode")
+        _say("bench: generation speed with the runtime that serves")
+        self.facts["bench"] = bench_bundle(self.paths["bundle"], prompt_tokens=32, new_tokens=64, threads=self.cfg.threads, progress=self.cfg.progress)
 
     def serve_and_ask(self) -> None:
         sock = self.paths["socket"]
@@ -224,21 +242,17 @@ class Quickstart:
     # ----------------------------------------------------------- summary
 
     def summary(self) -> str:
-        from merino_edge.search.latency import LatencyModel
-
         arch = load_arch(self.paths["arch"])
         trained = json.loads((self.paths["checkpoint"] / "train_result.json").read_text())
-        predicted = LatencyModel.from_file(self.paths["profile"], axes=self.cfg.axes).decode_ms(arch, self.cfg.latency_context)
-        bench = self.facts["bench"]
-        measured = 1000.0 / bench.decode_tokens_per_s
+        bench, decode = self.facts["bench"], self.facts["decode"]
         p = self.paths
         rows = [
             ("architecture", f"{arch.short()}  ({arch.params() / 1e6:.2f}M params, vocab {arch.vocab_size})"),
             ("latency budget", f"{self.facts['budget_ms']:.3f} ms/token at context {self.cfg.latency_context}"),
-            ("decode latency", f"predicted {predicted:.3f} ms/token, measured {measured:.3f} ms/token"),
+            ("decode step", f"predicted {decode.predicted_ms:.3f} ms, measured {decode.measured_ms:.3f} ms (±{decode.spread_ms:.3f}) at context {decode.tokens}"),
             ("training", f"{trained['steps']} steps, {trained['tokens']:,} tokens, {trained['tokens_per_s']:.0f} tokens/s"),
             ("validation loss", f"{trained['val_loss']:.3f} nats/token (perplexity {trained['val_perplexity']:.1f})"),
-            ("serving", f"{bench.decode_tokens_per_s:.1f} tokens/s decode, {1000 * bench.ttft_s:.1f} ms to first token, backend {bench.backend}"),
+            ("generation", f"{bench.decode_tokens_per_s:.1f} tokens/s decode, {1000 * bench.ttft_s:.1f} ms to first token ({bench.backend}, {bench.precision})"),
             ("build", self.facts.get("build", "")),
         ]
         rows += [(name, str(path)) for name, path in p.items() if name != "socket" and path.exists()]
@@ -268,8 +282,11 @@ def _wait_ready(sock: Path, server: subprocess.Popen, timeout: float = 180.0):
             raise InputError(f"the server exited with status {server.returncode}: {server.stderr.read().strip()[-500:]}")
         if sock.exists():
             client = ApiClient(sock)
-            if client.ready():
-                return client
+            try:
+                if client.ready():
+                    return client
+            except MerinoError:  # bound but not listening yet
+                pass
             client.close()
         time.sleep(0.2)
     raise InputError(f"the server did not become ready within {timeout:.0f} s")

@@ -22,6 +22,7 @@ every part, so a killed run continues where it stopped.
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import time
 from collections.abc import Callable
@@ -37,6 +38,8 @@ from merino_edge.errors import InputError, MissingDependencyError
 from merino_edge.export.bundle import write_json_atomic
 from merino_edge.export.parts import dims, example_input, read_graphs
 from merino_edge.jetson import board as board_info
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "partial.json"
 
@@ -396,9 +399,13 @@ def profile_device(
         grid = replace(grid, measurement=replace(grid.measurement, clock=clock, flush_bytes=flush))
     grid = check_grid(grid, graphs["model"]["max_positions"])
     workdir.mkdir(parents=True, exist_ok=True)
-    settings = {"backend": backend.name, "precision": backend.precision, "threads": threads, "grid": grid.to_json()}
+    device = describe_device(threads, runners.gpu)
+    if device.kind == "jetson" and not device.clocks_locked:
+        log.warning("clocks are not locked: timings will vary with DVFS (sudo jetson_clocks before profiling)")
+    # The device is part of the settings: a work dir copied from another machine never resumes with its timings.
+    settings = {"device": device.describe(), "backend": backend.name, "precision": backend.precision, "threads": threads, "grid": grid.to_json()}
     results = profile_parts(graphs, grid, runners, workdir / STATE_FILE, settings, progress=progress)
-    profile = assemble_profile(graphs, results, grid, describe_device(threads, runners.gpu), backend)
+    profile = assemble_profile(graphs, results, grid, device, backend)
     profile.save(out)
     return profile
 
