@@ -225,7 +225,8 @@ class Quickstart:
             pieces = []
             with client:
                 print(self.cfg.prompt, end="", flush=True)
-                for piece in client.complete(self.cfg.prompt, max_tokens=self.cfg.max_tokens, temperature=0.0):
+                # Greedy with a repetition penalty: a model trained for minutes otherwise loops on one line.
+                for piece in client.complete(self.cfg.prompt, max_tokens=self.cfg.max_tokens, temperature=0.0, repetition_penalty=1.3):
                     pieces.append(piece)
                     print(piece, end="", flush=True)
             print()
