@@ -18,13 +18,13 @@ numpy-free on purpose: this module is imported by every stage, on the board too.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from itertools import pairwise
 from pathlib import Path
 
 from merino_edge.errors import InputError
+from merino_edge.fileio import read_json, write_json_atomic
 
 SCHEMA_VERSION = 1
 
@@ -256,7 +256,7 @@ class ArchSpec:
 def save_arch(path: str | Path, arch: ArchSpec, search: dict | None = None) -> None:
     """Write `arch.json`: the spec plus the search record that chose it."""
     record = {"schema_version": SCHEMA_VERSION, "arch": arch.to_json(), "search": search or {}}
-    Path(path).write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(path, record)
 
 
 def load_arch(path: str | Path) -> ArchSpec:
@@ -265,12 +265,7 @@ def load_arch(path: str | Path) -> ArchSpec:
     Blocks outside Table 5 are accepted only when the file's search record
     names the wider axes it was searched over.
     """
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"arch file not found: {path}") from None
-    except (OSError, ValueError) as exc:
-        raise InputError(f"arch file {path} is not valid JSON ({exc})") from None
+    data = read_json(path, "arch file")
     if not isinstance(data, dict):
         raise InputError(f"arch file {path}: expected a JSON object")
     spec = ArchSpec.from_json(data.get("arch", data))

@@ -23,13 +23,13 @@ stdlib + numpy only: this module is read on the board and by the search.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from merino_edge.arch import HEAD_DIM, MAX_POSITIONS, PROJ_DIM, TABLE5, VOCAB_SIZE, Axes
 from merino_edge.errors import InputError
+from merino_edge.fileio import read_json, write_json_atomic
 
 SCHEMA_VERSION = 1
 BACKENDS = ("ort", "tensorrt", "torch")
@@ -266,11 +266,7 @@ class DeviceProfile:
 
     def save(self, path: str | Path) -> Path:
         """Write atomically (a temporary file renamed over the target)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        tmp.replace(path)
-        return path
+        return write_json_atomic(path, self.to_json(), indent=1)
 
     @classmethod
     def load(cls, path: str | Path, backend: str | None = None, axes: Axes | None = None) -> DeviceProfile:
@@ -278,12 +274,7 @@ class DeviceProfile:
 
         Without `axes` the profile must cover the space it says it was measured over.
         """
-        try:
-            data = json.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise InputError(f"device profile not found: {path}") from None
-        except (OSError, ValueError) as exc:
-            raise InputError(f"device profile {path} is not valid JSON ({exc})") from None
+        data = read_json(path, "device profile")
         try:
             profile = cls.from_json(data)
             if backend is not None and profile.backend.name != backend:

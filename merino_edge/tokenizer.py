@@ -14,11 +14,11 @@ import hashlib
 import io
 import os
 import re
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from merino_edge.errors import InputError, MissingDependencyError
+from merino_edge.fileio import write_bytes_atomic
 
 UNK_ID, BOS_ID, EOS_ID, PAD_ID = 0, 1, 2, 3
 NUM_SPECIAL = 4
@@ -125,21 +125,9 @@ def train_tokenizer(
         if limit:
             raise InputError(f"tokenizer: the corpus is too small for vocab_size {vocab_size} (at most {limit.group(1)} pieces fit)") from None
         raise InputError(f"tokenizer: SentencePiece training failed: {exc}") from None
-    return _write_atomic(Path(out_path), proto.getvalue())
+    return write_bytes_atomic(out_path, proto.getvalue())
 
 
-def _write_atomic(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 class Tokenizer:

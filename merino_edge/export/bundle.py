@@ -27,15 +27,13 @@ on the board.  Writing a bundle from a checkpoint is `export/package.py`.
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from merino_edge import __version__
 from merino_edge.arch import ArchSpec
 from merino_edge.errors import IncompatibleError, InputError
+from merino_edge.fileio import read_json, write_json_atomic
 
 SCHEMA_VERSION = 1
 FORMAT = "merino-edge-bundle"
@@ -53,23 +51,6 @@ def file_sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-def write_json_atomic(path: str | Path, data: dict) -> None:
-    """Write JSON to `path` through a temp file in the same directory and `os.replace`."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -195,10 +176,7 @@ class Bundle:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise InputError(f"bundle {path}: {MANIFEST} is missing (not a bundle, or an export that did not finish)")
-        try:
-            data = json.loads(manifest_path.read_text())
-        except (OSError, ValueError) as exc:
-            raise InputError(f"bundle {path}: {MANIFEST} is not valid JSON ({exc})") from None
+        data = read_json(manifest_path, f"bundle {path}:")
         try:
             manifest = Manifest.from_json(data)
         except (InputError, IncompatibleError) as exc:

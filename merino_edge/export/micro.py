@@ -25,9 +25,9 @@ from torch import nn
 from merino_edge.arch import TABLE5, ArchSpec, Axes, Block, load_arch, save_arch
 from merino_edge.device_profile import BackendInfo
 from merino_edge.errors import InputError
-from merino_edge.export.bundle import write_json_atomic
 from merino_edge.export.onnx import MIN_OPSET, _ExplicitCache, export_module, export_onnx
 from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE, GRAPHS_FILE, dims, example_input, graphs_index
+from merino_edge.fileio import write_json_atomic
 from merino_edge.model.modeling import MeRinoLayer, MeRinoLayerNorm, attention_bias
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -27,9 +27,9 @@ from merino_edge.export.bundle import (
     ChatTemplate,
     Manifest,
     file_sha256,
-    write_json_atomic,
 )
 from merino_edge.export.onnx import export_onnx  # checks the operators too
+from merino_edge.fileio import write_json_atomic
 from merino_edge.model import MeRinoConfig
 from merino_edge.tokenizer import Tokenizer
 

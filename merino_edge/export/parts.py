@@ -8,14 +8,14 @@ torch-free).  Shapes are templates over three symbols: `s` the new tokens,
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from merino_edge.arch import HEAD_DIM, MAX_POSITIONS, PROJ_DIM, TABLE5, VOCAB_SIZE, ArchSpec, Axes, Block
 from merino_edge.device_profile import needed_projections
-from merino_edge.errors import IncompatibleError, InputError
+from merino_edge.errors import IncompatibleError
+from merino_edge.fileio import read_json
 
 GRAPHS_SCHEMA_VERSION = 1
 GRAPHS_FILE = "graphs.json"
@@ -100,12 +100,7 @@ def example_input(name: str, shape: list[int], dtype, vocab_size: int, past_len:
 def read_graphs(workdir: str | Path) -> dict:
     """The micro-graph index of a work directory made by `export.micro.export_micro_graphs`."""
     path = Path(workdir) / GRAPHS_FILE
-    if not path.exists():
-        raise InputError(f"{path} not found: export the micro-graphs first (merino-edge profile does it where torch is installed)")
-    try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"{path} is not valid JSON ({exc})") from None
+    data = read_json(path, "micro-graph index", missing=f"{path} not found: export the micro-graphs first (merino-edge profile does it where torch is installed)")
     if data.get("schema_version") != GRAPHS_SCHEMA_VERSION:
         raise IncompatibleError(f"{path}: schema_version {data.get('schema_version')!r}, this merino-edge reads {GRAPHS_SCHEMA_VERSION}; export again")
     return data

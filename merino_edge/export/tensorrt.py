@@ -9,7 +9,6 @@ once.  The timing cache is kept beside the engine and reused by the next build.
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from merino_edge.errors import InputError, MerinoError
 from merino_edge.export.engine_record import ENGINE_FILE, ENGINE_NAME, TIMING_CACHE_FILE, EngineRecord, manifest_profiles
+from merino_edge.fileio import write_bytes_atomic
 
 DEFAULT_WORKSPACE_MIB = 1024
 
@@ -34,10 +34,6 @@ def parser_error_message(onnx_path: str | Path, errors) -> str:
     return f"TensorRT cannot parse {onnx_path}: " + "; ".join(parts)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _progress_monitor(trt):
@@ -133,9 +129,9 @@ def build_engine(
         )
     engine_path = bundle.path / ENGINE_FILE
     engine_path.parent.mkdir(exist_ok=True)
-    _write_atomic(engine_path, bytes(plan))
+    write_bytes_atomic(engine_path, bytes(plan))
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
 
     context = profiles[0]["input_ids"]
     record = EngineRecord(

@@ -35,8 +35,8 @@ import numpy as np
 from merino_edge.arch import Axes
 from merino_edge.device_profile import BackendInfo, DeviceInfo, DeviceProfile, Measurement, PartTiming, Timing
 from merino_edge.errors import InputError, MissingDependencyError
-from merino_edge.export.bundle import write_json_atomic
 from merino_edge.export.parts import dims, example_input, read_graphs
+from merino_edge.fileio import write_json_atomic
 from merino_edge.jetson import board as board_info
 
 log = logging.getLogger(__name__)

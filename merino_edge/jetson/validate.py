@@ -19,8 +19,8 @@ import numpy as np
 from merino_edge.arch import TABLE5, ArchSpec, Axes, Block, load_arch
 from merino_edge.device_profile import DeviceProfile
 from merino_edge.errors import InputError
-from merino_edge.export.bundle import write_json_atomic
 from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE
+from merino_edge.fileio import write_json_atomic
 from merino_edge.jetson.profile import measure, ort_runner, ort_session
 from merino_edge.search.latency import LatencyModel
 

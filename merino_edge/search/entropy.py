@@ -35,6 +35,7 @@ import numpy as np
 
 from merino_edge.arch import TABLE5, Axes
 from merino_edge.errors import InputError
+from merino_edge.fileio import read_json
 
 SCHEMA_VERSION = 1
 DEFAULT_EPS = 1e-3
@@ -156,12 +157,7 @@ class EntropyTable:
 
     @classmethod
     def load(cls, path: str | Path) -> EntropyTable:
-        try:
-            return cls.from_json(json.loads(Path(path).read_text()))
-        except FileNotFoundError:
-            raise InputError(f"entropy table not found: {path}") from None
-        except ValueError as exc:
-            raise InputError(f"entropy table {path} is not valid JSON ({exc})") from None
+        return cls.from_json(read_json(path, "entropy table"))
 
 
 def build_table(

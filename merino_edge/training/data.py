@@ -34,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
+from merino_edge.fileio import read_json, write_json_atomic
 from merino_edge.tokenizer import Tokenizer
 
 SCHEMA_VERSION = 1
@@ -348,9 +349,7 @@ def prepare_shards(
         sources=list(corpus.sources),
         splits={name: writer.split for name, writer in writers.items()},
     )
-    tmp = out_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest.to_json(), indent=2) + "\n")
-    os.replace(tmp, out_dir / MANIFEST)
+    write_json_atomic(out_dir / MANIFEST, manifest.to_json())
     return manifest
 
 
@@ -393,12 +392,7 @@ class TokenShards:
     @classmethod
     def open(cls, path: str | Path) -> TokenShards:
         path = Path(path)
-        try:
-            data = json.loads((path / MANIFEST).read_text())
-        except FileNotFoundError:
-            raise InputError(f"data: {path} has no {MANIFEST} (not a prepared shard directory)") from None
-        except ValueError as exc:
-            raise InputError(f"data: {path / MANIFEST} is not valid JSON ({exc})") from None
+        data = read_json(path / MANIFEST, "data: shard manifest", missing=f"data: {path} has no {MANIFEST} (not a prepared shard directory)")
         manifest = ShardManifest.from_json(data)
         for split in manifest.splits.values():
             for shard in split.shards:

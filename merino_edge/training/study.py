@@ -34,6 +34,7 @@ import numpy as np
 
 from merino_edge.arch import MAX_POSITIONS, PROJ_DIM, TABLE5, VOCAB_SIZE, ArchSpec, Axes
 from merino_edge.errors import IncompatibleError, InputError
+from merino_edge.fileio import write_json_atomic
 from merino_edge.search.budgets import Budget, Costs
 from merino_edge.search.objective import Objective
 from merino_edge.search.space import SearchSpace
@@ -194,10 +195,6 @@ def read_results(path: Path) -> dict[str, dict]:
     return done
 
 
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
 
 
 def _start_or_resume(cfg: StudyConfig, out: Path, resume: bool) -> list[ArchSpec]:
@@ -206,7 +203,7 @@ def _start_or_resume(cfg: StudyConfig, out: Path, resume: bool) -> list[ArchSpec
     if not path.is_file():
         archs = sample_archs(cfg)
         out.mkdir(parents=True, exist_ok=True)
-        _write_json(path, {"schema_version": SCHEMA_VERSION, "config": cfg.to_json(), "archs": [a.to_json() for a in archs]})
+        write_json_atomic(path, {"schema_version": SCHEMA_VERSION, "config": cfg.to_json(), "archs": [a.to_json() for a in archs]})
         return archs
     if not resume:
         raise InputError(f"study: {out} already holds a study; pass --resume to continue it or choose another --out")
@@ -310,6 +307,6 @@ def write_report(cfg: StudyConfig, records: list[dict], out: Path) -> StudyRepor
                 x = np.array([objective(a) for a in archs])
                 sensitivity.append(Sensitivity(eps, alpha1, beta, spearman(x, quality), kendall_tau(x, quality)))
     report = StudyReport(len(records), cfg.budget.describe(), cfg.tokens, correlations, sensitivity)
-    _write_json(out / REPORT_JSON, report.to_json())
+    write_json_atomic(out / REPORT_JSON, report.to_json())
     (out / REPORT_MD).write_text(report.tables() + "\n")
     return report

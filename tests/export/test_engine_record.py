@@ -10,7 +10,7 @@ import pytest
 
 from merino_edge.arch import ArchSpec, Block
 from merino_edge.errors import IncompatibleError, InputError
-from merino_edge.export.bundle import MANIFEST, Bundle, Manifest, write_json_atomic
+from merino_edge.export.bundle import MANIFEST, Bundle, Manifest
 from merino_edge.export.engine_record import (
     CONTEXT,
     ENGINE_FILE,
@@ -23,6 +23,7 @@ from merino_edge.export.engine_record import (
     profile_shapes,
 )
 from merino_edge.export.tensorrt import parser_error_message
+from merino_edge.fileio import write_json_atomic
 
 ARCH = ArchSpec(blocks=(Block(64, 2.0, 2), Block(128, 1.5, 1)), vocab_size=512, proj_dim=96, max_positions=256)
 ORIN = HostInfo("10.3.0", "Orin", "8.7", l4t="36.3.0", jetpack="6.0")
