@@ -17,7 +17,6 @@ Prints a table and writes benchmarks/results/entropy_bench.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import time
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from merino_edge.fileio import write_json_atomic
 from merino_edge.search.budgets import Budget, Costs
 from merino_edge.search.entropy import EntropyTable, build_table, entropy_closed_form, entropy_mc, search_shapes, shipped_table
 from merino_edge.search.evolution import score_table, scores
@@ -104,7 +104,7 @@ def main() -> None:
     print(f"table vs reference: max |z| {result['table_z_abs_max']:.2f} (difference over the combined standard error)")
     print(f"one architecture: {per_arch_us:.1f} us through Objective (Python); {per_genome_ns:.0f} ns per genome in the EA (objective + FLOPs check)")
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=1) + "\n")
+    write_json_atomic(RESULTS, result, indent=1)
     print(f"wrote {RESULTS}")
 
 

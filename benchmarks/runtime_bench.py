@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from merino_edge.arch import ArchSpec, Block, load_arch
+from merino_edge.fileio import write_json_atomic
 
 RESULTS = Path(__file__).resolve().parent / "results" / "runtime_bench.json"
 
@@ -160,7 +161,7 @@ def transformers_worker(args) -> None:
         "peak_rss_bytes": peak_rss_bytes(),
         "runs": runs,
     }
-    Path(args.json).write_text(json.dumps(result, indent=2))
+    write_json_atomic(args.json, result)
 
 
 def cpu_model() -> str:
@@ -249,8 +250,7 @@ def main(argv=None) -> int:
         "rows": rows,
         "decode_speedup": speedup,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(args.json, record)
     return 0
 
 

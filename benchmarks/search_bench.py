@@ -14,7 +14,6 @@ table and writes benchmarks/results/search_bench.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import statistics
@@ -22,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from merino_edge.fileio import write_json_atomic
 from merino_edge.search.budgets import Budget, Costs
 from merino_edge.search.entropy import entropy_source
 from merino_edge.search.evolution import evolve
@@ -80,7 +80,7 @@ def main() -> None:
         )
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(), "numpy": np.__version__}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": machine, "entropy": entropy_source(), "seeds": args.seeds, "rows": rows}, indent=1) + "\n")
+    write_json_atomic(RESULTS, {"machine": machine, "entropy": entropy_source(), "seeds": args.seeds, "rows": rows}, indent=1)
     print(f"wrote {RESULTS}")
 
 

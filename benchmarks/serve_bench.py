@@ -34,6 +34,7 @@ from pathlib import Path
 
 import httpx
 
+from merino_edge.fileio import write_json_atomic
 from merino_edge.runtime.socket_path import MAX_SOCKET_PATH
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -189,8 +190,7 @@ def main(argv=None) -> int:
         "overhead": overhead,
         "concurrency": loads,
     }
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json_atomic(args.json, result)
     return 0
 
 

@@ -13,7 +13,6 @@ as train_cpu.png).  Needs ../shared/corpus/linux-docs.jsonl.gz beside the repo.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import platform
 import shutil
@@ -28,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from merino_edge.arch import ArchSpec, Block  # noqa: E402
+from merino_edge.fileio import write_json_atomic  # noqa: E402
 from merino_edge.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 from merino_edge.training.data import Corpus, TokenShards, prepare_shards  # noqa: E402
 
@@ -110,8 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         "train_loss_final": result.train_loss,
         "val_curve": val_curve,
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(args.out, record)
     shutil.copyfile(work / "run" / "trainer_state" / "loss.png", args.out.with_suffix(".png"))
 
     rows = [

@@ -20,7 +20,6 @@ shows where validation loss stops following training loss.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -30,6 +29,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from merino_edge.fileio import write_json_atomic  # noqa: E402
 from merino_edge.units import parse_count  # noqa: E402
 
 CORPORA = [ROOT.parent / "shared" / "corpus" / name for name in ("linux-docs.jsonl.gz", "python-docs.jsonl.gz")]
@@ -135,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
         "val_perplexity_final": result.val_perplexity,
         "val_curve": val_curve,
     }  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(args.out, record)
     shutil.copyfile(work / "run" / "trainer_state" / "loss.png", args.out.with_suffix(".png"))
 
     print(f"{'model':<24}{arch.short()}  ({arch.params() / 1e6:.1f} M unique / {arch.executed_params() / 1e6:.1f} M executed params)")

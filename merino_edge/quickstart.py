@@ -26,6 +26,7 @@ from pathlib import Path
 
 from merino_edge.arch import Axes, load_arch
 from merino_edge.errors import InputError, MerinoError
+from merino_edge.fileio import write_json_atomic
 
 # The latency budget sits this far between the fastest and the slowest
 # architecture of the quickstart space (predicted from the measured profile).
@@ -159,7 +160,7 @@ class Quickstart:
             progress=self.cfg.progress,
         )
         result = train(cfg)
-        (out / "train_result.json").write_text(json.dumps({k: getattr(result, k) for k in ("steps", "tokens", "train_loss", "val_loss", "val_perplexity", "elapsed_s", "tokens_per_s")}, indent=2))
+        write_json_atomic(out / "train_result.json", {k: getattr(result, k) for k in ("steps", "tokens", "train_loss", "val_loss", "val_perplexity", "elapsed_s", "tokens_per_s")})
 
     def export(self) -> None:
         from merino_edge.export.bundle import Bundle

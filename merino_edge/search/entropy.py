@@ -25,7 +25,6 @@ was built with the same eps and holds the shape, otherwise the closed form
 from __future__ import annotations
 
 import functools
-import json
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,7 +34,7 @@ import numpy as np
 
 from merino_edge.arch import TABLE5, Axes
 from merino_edge.errors import InputError
-from merino_edge.fileio import read_json
+from merino_edge.fileio import read_json, write_json_atomic
 
 SCHEMA_VERSION = 1
 DEFAULT_EPS = 1e-3
@@ -150,10 +149,7 @@ class EntropyTable:
             raise InputError(f"entropy table: malformed ({exc})") from None
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(self.to_json(), indent=1) + "\n")
-        return path
+        return write_json_atomic(path, self.to_json(), indent=1)
 
     @classmethod
     def load(cls, path: str | Path) -> EntropyTable:
