@@ -22,6 +22,7 @@ from merino_edge.errors import InputError
 from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE
 from merino_edge.fileio import write_json_atomic
 from merino_edge.jetson.profile import measure, ort_runner, ort_session
+from merino_edge.rank_correlation import spearman
 from merino_edge.search.latency import LatencyModel
 
 SCHEMA_VERSION = 1
@@ -112,21 +113,6 @@ class ValidationReport:
                 rho = "n/a" if m.spearman is None else f"{m.spearman:.4f}"
                 lines.append(f"{name:8s} n={m.count:3d}  MAPE {m.mape:5.2f} %  within +-10 %: {m.within_10:5.1f} %  Spearman {rho}")
         return "\n".join(lines)
-
-
-def spearman(a, b) -> float:
-    """Spearman rank correlation (ties get their mean rank)."""
-    return float(np.corrcoef(_ranks(np.asarray(a)), _ranks(np.asarray(b)))[0, 1])
-
-
-def _ranks(x: np.ndarray) -> np.ndarray:
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    ranks[order] = np.arange(len(x))
-    for value in np.unique(x):  # average the ranks of ties
-        tied = x == value
-        ranks[tied] = ranks[tied].mean()
-    return ranks
 
 
 def model_dirs(models_dir: str | Path) -> list[Path]:

@@ -35,10 +35,11 @@ import numpy as np
 from merino_edge.arch import MAX_POSITIONS, PROJ_DIM, TABLE5, VOCAB_SIZE, ArchSpec, Axes
 from merino_edge.errors import IncompatibleError, InputError
 from merino_edge.fileio import write_json_atomic
+from merino_edge.rank_correlation import kendall_tau, spearman
 from merino_edge.search.budgets import Budget, Costs
 from merino_edge.search.objective import Objective
 from merino_edge.search.space import SearchSpace
-from merino_edge.training.study_report import Correlation, Sensitivity, StudyReport, kendall_tau, scatter_plot, spearman
+from merino_edge.training.study_report import Correlation, Sensitivity, StudyReport, scatter_plot
 from merino_edge.units import parse_count
 
 SCHEMA_VERSION = 1

@@ -1,54 +1,18 @@
-"""Rank correlations of training-free proxies with trained quality, and their report.
+"""The proxy study's report: rank correlations of training-free proxies with trained quality.
 
-Spearman's rho (Pearson correlation of average ranks) and Kendall's tau-b
-(ties corrected) are computed here with numpy, so the report needs neither
-scipy nor torch; the tests check both against scipy.  A proxy is good when it
+The correlations come from `merino_edge.rank_correlation`.  A proxy is good when it
 ranks architectures like their trained quality does, which is measured as
 -validation loss (higher is better, like the paper's -perplexity).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-
-import numpy as np
 
 from merino_edge.errors import InputError
 
 SCHEMA_VERSION = 1
-
-
-def rankdata(x) -> np.ndarray:
-    """Ranks 1..n, ties given their average rank."""
-    x = np.asarray(x, dtype=np.float64)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), dtype=np.float64)
-    sorted_x = x[order]
-    start = 0
-    for end in range(1, len(x) + 1):
-        if end == len(x) or sorted_x[end] != sorted_x[start]:
-            ranks[order[start:end]] = (start + end + 1) / 2.0
-            start = end
-    return ranks
-
-
-def spearman(x, y) -> float:
-    """Spearman's rank correlation (nan when either side is constant)."""
-    rx, ry = rankdata(x), rankdata(y)
-    rx, ry = rx - rx.mean(), ry - ry.mean()
-    denom = math.sqrt(float((rx * rx).sum() * (ry * ry).sum()))
-    return float((rx * ry).sum() / denom) if denom else math.nan
-
-
-def kendall_tau(x, y) -> float:
-    """Kendall's tau-b (nan when either side is constant)."""
-    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
-    i, j = np.triu_indices(len(x), k=1)
-    sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
-    denom = math.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
-    return float((sx * sy).sum() / denom) if denom else math.nan
 
 
 @dataclass(frozen=True)
