@@ -42,6 +42,7 @@ import numpy as np
 
 from merino_edge.arch import ArchSpec, Block, load_arch
 from merino_edge.fileio import write_json_atomic
+from merino_edge.jetson.board import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "runtime_bench.json"
 
@@ -162,14 +163,6 @@ def transformers_worker(args) -> None:
         "runs": runs,
     }
     write_json_atomic(args.json, result)
-
-
-def cpu_model() -> str:
-    try:
-        lines = Path("/proc/cpuinfo").read_text().splitlines()
-    except OSError:
-        return platform.machine()
-    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), platform.machine())
 
 
 def merino_edge_versions() -> dict:

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from merino_edge.fileio import write_json_atomic
+from merino_edge.jetson.board import cpu_model
 from merino_edge.search.budgets import Budget, Costs
 from merino_edge.search.entropy import entropy_source
 from merino_edge.search.evolution import evolve
@@ -78,7 +79,7 @@ def main() -> None:
             f" {r['literal_alg1_percent_mean']:>6.2f}% (min {r['literal_alg1_percent_min']:.1f})"
             f" {format_count(r['params']):>7} {format_count(r['flops']):>7}  {r['arch']}"
         )
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(), "numpy": np.__version__}
+    machine = {"platform": platform.platform(), "processor": cpu_model(), "cpus": os.cpu_count(), "numpy": np.__version__}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     write_json_atomic(RESULTS, {"machine": machine, "entropy": entropy_source(), "seeds": args.seeds, "rows": rows}, indent=1)
     print(f"wrote {RESULTS}")

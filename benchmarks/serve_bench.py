@@ -35,10 +35,11 @@ from pathlib import Path
 import httpx
 
 from merino_edge.fileio import write_json_atomic
+from merino_edge.jetson.board import cpu_model
 from merino_edge.runtime.socket_path import MAX_SOCKET_PATH
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from runtime_bench import ARCHS, build_bundle, build_tokenizer, cpu_model, merino_edge_versions  # noqa: E402
+from runtime_bench import ARCHS, build_bundle, build_tokenizer, merino_edge_versions  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_bench.json"
 PROMPT = "def read_config(path):\n    \"\"\"Read the settings file at path and return a dict.\"\"\"\n"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import platform
 import shutil
 import sys
 import tempfile
@@ -28,6 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from merino_edge.arch import ArchSpec, Block  # noqa: E402
 from merino_edge.fileio import write_json_atomic  # noqa: E402
+from merino_edge.jetson.board import cpu_model  # noqa: E402
 from merino_edge.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 from merino_edge.training.data import Corpus, TokenShards, prepare_shards  # noqa: E402
 
@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
     val_curve = [{"tokens": r["tokens"], "val_loss": r["val_loss"]} for r in result.history if "val_loss" in r]
     record = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads() if args.threads is None else args.threads,
+        "machine": {"cpu": cpu_model(), "threads": torch.get_num_threads() if args.threads is None else args.threads,
                     "torch": torch.__version__},
         "arch": ARCH.to_json(),
         "arch_short": ARCH.short(),
