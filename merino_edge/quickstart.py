@@ -174,20 +174,24 @@ class Quickstart:
         except MerinoError:
             pass
         _say("export: ONNX graph with a KV cache + tokenizer + manifest")
-        export_bundle(self.paths["checkpoint"], out, overwrite=True, progress=self.cfg.progress)
+        # The FP16 graph is what `build` compiles; without TensorRT the FP32 graph alone is served.
+        export_bundle(self.paths["checkpoint"], out, fp16=_has_tensorrt(), overwrite=True, progress=self.cfg.progress)
 
     def build(self) -> None:
-        import importlib.util
+        from merino_edge.export.bundle import Bundle
 
-        if importlib.util.find_spec("tensorrt") is None:
+        if not _has_tensorrt():
             _say("build: skipped (TensorRT is not installed here; ONNX Runtime serves the bundle)")
             self.facts["build"] = "skipped: no TensorRT"
+            return
+        self.facts["build"] = "TensorRT FP16 engine"
+        if Bundle.load(self.paths["bundle"], verify=False).engine_record is not None:
+            _say(f"build: reusing the engine in {self.paths['bundle']}")
             return
         from merino_edge.export.tensorrt import build_engine
 
         _say("build: TensorRT FP16 engine")
         build_engine(self.paths["bundle"])
-        self.facts["build"] = "TensorRT FP16 engine"
 
     def measure(self) -> None:
         """Time the exported model's decode step exactly as `profile validate` does, and its serving speed."""
@@ -275,6 +279,12 @@ class Quickstart:
 
     def _model(self) -> dict:
         return {"vocab_size": self.cfg.vocab_size, "proj_dim": self.cfg.proj_dim, "max_positions": self.cfg.max_positions}
+
+
+def _has_tensorrt() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("tensorrt") is not None
 
 
 def _wait_ready(sock: Path, server: subprocess.Popen, timeout: float = 180.0):
