@@ -402,7 +402,7 @@ def _run_complete(args: argparse.Namespace) -> int:
 
 def _add_profile(p: argparse.ArgumentParser) -> None:
     p.usage = (
-        "merino-edge profile [--backend ort|torch] [--precision fp32|fp16] [--threads N] [--quick] [--clock wall|cpu] [--out profile.json] [--workdir DIR] [--export-only]\n"
+        "merino-edge profile [--backend ort|torch] [--precision fp32|fp16] [--threads N] [--quick] [--clock wall|cpu] [--calibration 8] [--out profile.json] [--workdir DIR] [--export-only]\n"
         "       merino-edge profile validate PROFILE.json [--archs 30 | --arch arch.json] [--contexts 100 1000] [--out DIR] [--workdir DIR]"
     )
     p.add_argument("action", nargs="?", choices=["validate"], help="validate: time random whole models against PROFILE's predictions")
@@ -417,6 +417,9 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="profile: the JSON to write (default profile.json); validate: a folder (default validation/)")
     p.add_argument("--workdir", default=None, help="micro-graphs and partial results, kept for resuming (default: beside --out)")
     p.add_argument("--export-only", action="store_true", help="only export the micro-graphs into --workdir (where torch is), for a board without torch")
+    p.add_argument(
+        "--calibration", type=int, default=8, help="whole random models to fit the cache share and prefill scale on (ort backend; 0: none; default 8)"
+    )
     p.add_argument("--archs", type=int, default=30, help="validate: random architectures to time (default 30)")
     p.add_argument("--seed", type=int, default=0, help="validate: seed of the random architectures")
     p.add_argument("--arch", action="append", default=[], help="validate: time this arch.json instead of random ones (repeatable)")
@@ -429,7 +432,8 @@ def _run_profile(args: argparse.Namespace) -> int:
     if args.action == "validate":
         from merino_edge.arch import load_arch
         from merino_edge.device_profile import DeviceProfile
-        from merino_edge.jetson.validate import DECODE_CONTEXTS, model_dirs, random_archs, validate_profile
+        from merino_edge.jetson.models import model_dirs, random_archs
+        from merino_edge.jetson.validate import DECODE_CONTEXTS, validate_profile
 
         if not args.profile:
             fail("profile validate: name the profile.json to validate")
@@ -442,33 +446,50 @@ def _run_profile(args: argparse.Namespace) -> int:
             folders = model_dirs(models)
         else:
             model = {k: getattr(profile, k) for k in ("vocab_size", "proj_dim", "head_dim", "max_positions")}
-            archs = [load_arch(a) for a in args.arch] or random_archs(args.archs, profile.axes, seed=args.seed, **model)
+            calibrated = profile.calibration.archs if profile.calibration else ()
+            archs = [load_arch(a) for a in args.arch] or random_archs(args.archs, profile.axes, seed=args.seed, exclude=calibrated, **model)
             folders = export_validation_models(archs, models, precision=profile.backend.precision)
-        print(validate_profile(args.profile, folders, out, decode_contexts=tuple(args.contexts or DECODE_CONTEXTS)).summary())
+        contexts = tuple(args.contexts or DECODE_CONTEXTS)
+        # Random archs are held out from the calibration; archs the user names are timed whatever they are.
+        print(validate_profile(args.profile, folders, out, decode_contexts=contexts, skip_calibrated=not args.arch).summary())
         print(f"wrote {out / 'validation.json'} and {out / 'validation.png'}")
         return 0
-    from merino_edge.export.parts import GRAPHS_FILE
-    from merino_edge.jetson.profile import profile_device, summary
+    from merino_edge.export.parts import GRAPHS_FILE, read_graphs
+    from merino_edge.jetson.models import model_dirs
+    from merino_edge.jetson.profile import CALIBRATION_DIR, calibration_archs, profile_device, summary
 
     out = Path(args.out or "profile.json")
     workdir = Path(args.workdir or out.with_name(f"{out.stem}.{args.backend}-{args.precision}.work"))
     if args.backend == "tensorrt":
         fail("profile --backend tensorrt is not available yet: profile with --backend ort (or torch on a GPU)")
-    runners = None
-    if args.backend == "torch" or not (workdir / GRAPHS_FILE).exists():
-        try:
-            from merino_edge.export import micro
-        except ImportError as exc:  # on the board: export where torch is installed, copy the work dir
+    if args.calibration < 0:
+        fail(f"--calibration must be 0 or more, got {args.calibration}")
+    runners, micro = None, None
+    try:
+        from merino_edge.export import micro
+    except ImportError as exc:  # on the board: export where torch is installed, copy the work dir
+        if args.backend == "torch" or args.export_only or not (workdir / GRAPHS_FILE).exists():
             fail(f"exporting the micro-graphs needs torch ({exc}); run `merino-edge profile --export-only --workdir DIR` where torch is installed and pass that DIR here as --workdir")
-        if args.backend == "torch":
-            runners = micro.TorchRunners(args.precision, args.device, args.threads)
+    if args.backend == "torch":
+        runners = micro.TorchRunners(args.precision, args.device, args.threads)
+    elif micro is not None and not (workdir / GRAPHS_FILE).exists():
+        micro.export_micro_graphs(workdir, precision=args.precision)
+    # Whole models to calibrate on: timed on ONNX Runtime, so not for the torch backend.
+    calibration = None
+    if args.calibration and args.backend == "ort":
+        if micro is not None:
+            archs = calibration_archs(read_graphs(workdir), args.calibration)
+            calibration = micro.export_validation_models(archs, workdir / CALIBRATION_DIR, precision=args.precision)
         else:
-            micro.export_micro_graphs(workdir, precision=args.precision)
+            calibration = model_dirs(workdir / CALIBRATION_DIR)[: args.calibration]
     if args.export_only:
-        print(f"exported the micro-graphs to {workdir}; copy it to the board and run `merino-edge profile --workdir {workdir.name}` there")
+        models = f" and {len(calibration)} calibration models" if calibration else ""
+        print(f"exported the micro-graphs{models} to {workdir}; copy it to the board and run `merino-edge profile --workdir {workdir.name}` there")
         return 0
     flush = None if args.flush_mib is None else args.flush_mib << 20
-    profile = profile_device(workdir, out, threads=args.threads, quick=args.quick, clock=args.clock, flush_bytes=flush, runners=runners)
+    profile = profile_device(
+        workdir, out, threads=args.threads, quick=args.quick, clock=args.clock, flush_bytes=flush, runners=runners, calibration=calibration
+    )
     print(summary(profile))
     print(f"wrote {out}")
     return 0

@@ -7,7 +7,9 @@ on the same backend and subtracts its median, and stores that median once as
 `overhead_ms`, so a whole model's latency is the overhead plus the sum of its
 parts.  Decode is timed warm (weights in cache) and, when `flush_bytes` > 0,
 also cold (caches flushed before every run): `merino_edge.search.latency`
-combines both the way a model step meets its parts.
+combines both the way a model step meets its parts, with the share of the
+cold penalty fitted on a few whole models timed in the same run
+(`calibration`, optional).
 
 Parts, as `ArchSpec` builds a model:
 - `layers`: one transformer layer for every (E, R) of the space; decode is one
@@ -24,7 +26,7 @@ stdlib + numpy only: this module is read on the board and by the search.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from merino_edge.arch import HEAD_DIM, MAX_POSITIONS, PROJ_DIM, TABLE5, VOCAB_SIZE, Axes
@@ -136,6 +138,40 @@ class Measurement:
 
 
 @dataclass(frozen=True)
+class Calibration:
+    """How whole models combine their parts on this device, fitted on a few timed whole models.
+
+    A decode step pays a share mu of its parts' cold penalty (cold - warm), with
+    mu = clip(miss_intercept + miss_slope * ln(traffic / 1 MiB), 0, 1) and traffic
+    the bytes a step moves (`search.latency.step_traffic_bytes`); a prefill is
+    the sum of its parts times `prefill_scales` (one per profiled prompt length).  `archs` (short names) were used
+    for the fit, so `profile validate` leaves them out; the MAPEs are the fit's own.
+    """
+
+    archs: tuple[str, ...]
+    miss_intercept: float
+    miss_slope: float
+    prefill_scales: tuple[float, ...]
+    decode_mape: float
+    prefill_mape: float
+    points: int
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "archs": list(self.archs), "prefill_scales": list(self.prefill_scales)}
+
+    @classmethod
+    def from_json(cls, data: dict, prefill_points: int) -> Calibration:
+        calibration = _build(cls, data, "calibration")
+        scales = _floats(calibration.prefill_scales, "device profile: calibration.prefill_scales")
+        numbers = (calibration.miss_intercept, calibration.miss_slope)
+        if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in numbers):
+            raise InputError("device profile: calibration needs finite miss_intercept and miss_slope")
+        if len(scales) != prefill_points or min(scales) <= 0:
+            raise InputError(f"device profile: calibration needs {prefill_points} positive prefill_scales, one per prefill length")
+        return replace(calibration, archs=tuple(str(a) for a in _list(data["archs"], "calibration.archs")), prefill_scales=scales)
+
+
+@dataclass(frozen=True)
 class DeviceProfile:
     """Per-part latency tables of one device + backend + precision (see the module doc)."""
 
@@ -156,6 +192,7 @@ class DeviceProfile:
     head_dim: int = HEAD_DIM
     max_positions: int = MAX_POSITIONS
     overhead_cold_ms: float | None = None  # the call overhead with flushed caches (see PartTiming)
+    calibration: Calibration | None = None
     created: str = ""
 
     # ------------------------------------------------------------- checks
@@ -192,7 +229,12 @@ class DeviceProfile:
             "backend": _plain(self.backend),
             "measurement": _plain(self.measurement),
             "space": self.axes.to_json(),
-            "model": {"vocab_size": self.vocab_size, "proj_dim": self.proj_dim, "head_dim": self.head_dim, "max_positions": self.max_positions},
+            "model": {
+                "vocab_size": self.vocab_size,
+                "proj_dim": self.proj_dim,
+                "head_dim": self.head_dim,
+                "max_positions": self.max_positions,
+            },
             "decode_contexts": list(self.decode_contexts),
             "prefill_lengths": list(self.prefill_lengths),
             "overhead_ms": self.overhead_ms,
@@ -202,6 +244,7 @@ class DeviceProfile:
             "projections": [{"in": a, "out": b, **t.to_json()} for (a, b), t in sorted(self.projections.items())],
             "final_norms": [{"width": e, **t.to_json()} for e, t in sorted(self.final_norms.items())],
             "head": self.head.to_json(),
+            **({"calibration": self.calibration.to_json()} if self.calibration else {}),
         }
 
     @classmethod
@@ -228,7 +271,9 @@ class DeviceProfile:
             projections = {}
             for j, raw in enumerate(_list(data["projections"], "projections")):
                 projections[(int(raw["in"]), int(raw["out"]))] = part(raw, f"projections[{j}]")
-            final_norms = {int(raw["width"]): part(raw, f"final_norms[{j}]") for j, raw in enumerate(_list(data["final_norms"], "final_norms"))}
+            final_norms = {
+                int(raw["width"]): part(raw, f"final_norms[{j}]") for j, raw in enumerate(_list(data["final_norms"], "final_norms"))
+            }
             model = data.get("model", {})
             device = _build(DeviceInfo, data["device"], "device")
             backend = _build(BackendInfo, data["backend"], "backend")
@@ -256,6 +301,7 @@ class DeviceProfile:
                 projections=projections,
                 final_norms=final_norms,
                 head=part(data["head"], "head"),
+                calibration=None if data.get("calibration") is None else Calibration.from_json(data["calibration"], npf),
                 created=str(data.get("created", "")),
                 **{k: int(model[k]) for k in ("vocab_size", "proj_dim", "head_dim", "max_positions") if k in model},
             )
@@ -278,7 +324,9 @@ class DeviceProfile:
         try:
             profile = cls.from_json(data)
             if backend is not None and profile.backend.name != backend:
-                raise InputError(f"device profile was measured on backend {profile.backend.name!r}, not {backend!r}: profile again with --backend {backend}")
+                raise InputError(
+                    f"device profile was measured on backend {profile.backend.name!r}, not {backend!r}: profile again with --backend {backend}"
+                )
             profile.check_space(axes or profile.axes)
         except InputError as exc:
             raise InputError(f"{path}: {exc}") from None

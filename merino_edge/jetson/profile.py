@@ -6,17 +6,22 @@ models into a work directory, indexed by `graphs.json`.  This module times them,
 torch-free, on ONNX Runtime (or through any other runner factory, e.g. the
 torch one in `export.micro`), and writes the `DeviceProfile`.
 
-Timing follows the runtime: every input and output is bound once to a
-preallocated buffer (IOBinding), so a step costs what the graph costs.  Each
-grid point gets warm-up runs, then repetitions until a time target (between a
-minimum and a maximum count); the median and the interquartile range are kept.
-Decode is timed twice: warm (run after run) and cold (a buffer of twice the
-last-level cache written before every run), because a whole model step meets
-its parts cold.  An empty
-graph gives the fixed per-call overhead, which is subtracted from every part.
-The clock is wall time, or the process's CPU time (`clock="cpu"`, one thread)
-on a machine that other work keeps busy.  Results are saved atomically after
-every part, so a killed run continues where it stopped.
+Timing (`jetson.timing`) follows the runtime: every input and output is bound
+once to a preallocated buffer (IOBinding), so a step costs what the graph
+costs.  Each grid point gets warm-up runs, then repetitions until a time target
+(between a minimum and a maximum count); the median and the interquartile range
+are kept.  Decode is timed twice: warm (run after run) and cold (a buffer of
+twice the last-level cache written before every run).  An empty graph gives
+the fixed per-call overhead, which is subtracted from every part.  The clock is
+wall time, or the process's CPU time (`clock="cpu"`, one thread) on a machine
+that other work keeps busy.
+
+A whole model step is neither all warm nor all cold: on a large cache part of
+the model survives from one step to the next.  So the profile also times a few
+random whole models (`calibrate`, `jetson.models`) and fits how much of the
+cold penalty a step pays as a function of the bytes it moves
+(`search.latency.fit_calibration`).  Results are saved atomically after every
+part and every whole model, so a killed run continues where it stopped.
 """
 
 from __future__ import annotations
@@ -24,26 +29,28 @@ from __future__ import annotations
 import json
 import logging
 import platform
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
-
-from merino_edge.arch import Axes
-from merino_edge.device_profile import BackendInfo, DeviceInfo, DeviceProfile, Measurement, PartTiming, Timing
-from merino_edge.errors import InputError, MissingDependencyError
-from merino_edge.export.parts import dims, example_input, read_graphs
+from merino_edge.arch import ArchSpec, Axes, load_arch
+from merino_edge.device_profile import BackendInfo, Calibration, DeviceInfo, DeviceProfile, Measurement, PartTiming, Timing
+from merino_edge.errors import InputError
+from merino_edge.export.parts import ARCH_FILE, read_graphs
 from merino_edge.fileio import write_json_atomic
 from merino_edge.jetson import board as board_info
+from merino_edge.jetson.models import random_archs, time_model
+from merino_edge.jetson.timing import CLOCKS, CacheFlush, Runner, measure, ort_module, ort_runner, ort_session
+from merino_edge.search.latency import Sample, fit_calibration
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "partial.json"
+CALIBRATION_DIR = "calibration"  # whole models to calibrate on, exported beside the micro-graphs
+CALIBRATION_ARCHS = 8  # held-out tests on this machine: 8 models fit the cache share as well as 12
+CALIBRATION_SEED = 1  # profile validate draws with seed 0 by default, and leaves these out anyway
 
-Runner = Callable[[], None]
 # runners(part, seq_len, past_len) -> a callable that runs the part once (synchronously);
 # a factory also has .graphs (the parts index), .backend_info, .gpu and .flush (see OrtRunners).
 RunnerFactory = Callable[[dict, int, int], Runner]
@@ -82,99 +89,6 @@ QUICK = Grid(
     (16, 128, 512),
     Measurement(warmup=3, repetitions=7, max_repetitions=100, seconds_per_point=0.2, flush_bytes=FLUSH_BYTES, quick=True),
 )
-CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
-
-
-# ------------------------------------------------------------------ timing
-
-
-SLOW_RUN_REPETITIONS = 3  # the fewest repetitions of a run slower than the time target
-
-
-def measure(run: Runner, how: Measurement, before: Callable[[], None] | None = None) -> tuple[float, float, int]:
-    """Median and IQR (ms) of `run` on `how.clock`, and the repetitions used.
-
-    `before` (e.g. a cache flush) runs before every run, outside the timing.
-    Runs slower than `how.seconds_per_point` get one warm-up and
-    SLOW_RUN_REPETITIONS repetitions instead of `how.warmup` and `how.repetitions`.
-    """
-    clock = CLOCKS[how.clock]
-    before = before or (lambda: None)
-    seconds = how.seconds_per_point or 0.0
-    warmup, min_reps, max_reps = how.warmup, how.repetitions, how.max_repetitions or how.repetitions
-    start = time.perf_counter()
-    run()
-    if time.perf_counter() - start > seconds > 0:
-        warmup, min_reps = 1, min(min_reps, SLOW_RUN_REPETITIONS)
-    for _ in range(warmup - 1):
-        before()
-        run()
-    times: list[float] = []
-    deadline = time.perf_counter() + seconds
-    while len(times) < max_reps and (len(times) < min_reps or time.perf_counter() < deadline):
-        before()
-        start = clock()
-        run()
-        times.append((clock() - start) * 1e3)
-    q25, q50, q75 = np.percentile(times, [25, 50, 75])
-    return float(q50), float(q75 - q25), len(times)
-
-
-class CacheFlush:
-    """Evicts the CPU caches by writing a buffer of `nbytes` (a callable, for `measure(before=...)`)."""
-
-    def __init__(self, nbytes: int):
-        self.buffer = np.zeros(max(nbytes, 1) // 8, np.float64)
-
-    def __call__(self) -> None:
-        self.buffer += 1.0
-
-
-# ------------------------------------------------------------ ONNX Runtime
-
-
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-
-def _ort():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
-    return onnxruntime
-
-
-def ort_session(path: Path, threads: int | None, provider: str = "CPUExecutionProvider"):
-    """A session configured as the runtime's ORT backend configures its own."""
-    ort = _ort()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 0
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=[provider])
-
-
-def ort_runner(session, inputs: dict, outputs: dict, seq_len: int, past_len: int, vocab_size: int) -> Runner:
-    """Bind every input and output of `session` once to buffers shaped for one grid point."""
-    rng = np.random.default_rng(0)
-    io = session.io_binding()
-    keep = []  # buffers must outlive the binding
-    for arg in session.get_inputs():
-        shape = dims(inputs[arg.name], seq_len, past_len)
-        value = example_input(arg.name, shape, _ORT_DTYPES[arg.type], vocab_size, past_len, rng)
-        keep.append(value)
-        io.bind_cpu_input(arg.name, value)
-    for arg in session.get_outputs():
-        buffer = np.empty(dims(outputs[arg.name], seq_len, past_len), _ORT_DTYPES[arg.type])
-        keep.append(buffer)
-        io.bind_output(arg.name, "cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
-
-    def run() -> None:
-        session.run_with_iobinding(io)
-
-    run.buffers = keep  # type: ignore[attr-defined]
-    return run
 
 
 class OrtRunners:
@@ -191,7 +105,7 @@ class OrtRunners:
             name="ort",
             precision=self.graphs["precision"],
             provider="CPUExecutionProvider",
-            versions={"onnxruntime": _ort().__version__, "python": platform.python_version(), **self.graphs.get("exporter", {})},
+            versions={"onnxruntime": ort_module().__version__, "python": platform.python_version(), **self.graphs.get("exporter", {})},
         )
         self.gpu = None
         self.flush = CacheFlush  # flush(nbytes) -> callable that evicts the caches this backend reads through
@@ -246,34 +160,30 @@ def _weight(part: dict, grid: Grid) -> float:
 
 
 class _State:
-    """Raw per-part results in `partial.json`, saved atomically after every part."""
+    """Raw results in `partial.json`, saved atomically after every part and every calibration model."""
 
     def __init__(self, path: Path, settings: dict):
         self.path, self.settings = path, settings
         self.parts: dict[str, dict] = {}
+        self.models: dict[str, list] = {}  # calibration: arch short name -> [[phase, tokens, median, iqr], ...]
         if path.exists():
             try:
                 data = json.loads(path.read_text())
             except ValueError:
                 data = {}
             if data.get("settings") == settings:
-                self.parts = data.get("parts", {})
+                self.parts, self.models = data.get("parts", {}), data.get("models", {})
             elif data:
-                raise InputError(f"{path} holds a partial profile made with other settings ({data.get('settings')}); use another --workdir or delete it")
+                raise InputError(
+                    f"{path} holds a partial profile made with other settings ({data.get('settings')}); use another --workdir or delete it"
+                )
 
     def save(self) -> None:
-        write_json_atomic(self.path, {"settings": self.settings, "parts": self.parts})
+        write_json_atomic(self.path, {"settings": self.settings, "parts": self.parts, "models": self.models})
 
 
-def profile_parts(
-    graphs: dict,
-    grid: Grid,
-    runners: RunnerFactory,
-    state_path: Path,
-    settings: dict,
-    progress: bool = True,
-) -> dict[str, dict]:
-    """Time every part of `graphs` at every grid point, resuming from `state_path`.
+def profile_parts(graphs: dict, grid: Grid, runners: RunnerFactory, state: _State, progress: bool = True) -> dict[str, dict]:
+    """Time every part of `graphs` at every grid point, resuming from `state`.
 
     Returns {part name: {"decode": [[median, iqr, repetitions], ...], "prefill": [...], "decode_cold": [...]}};
     decode_cold is timed when the grid's measurement has flush_bytes > 0.
@@ -282,7 +192,6 @@ def profile_parts(
 
     nbytes = grid.measurement.flush_bytes
     flush = runners.flush(nbytes) if nbytes > 0 else None
-    state = _State(state_path, settings)
     todo = [p for p in graphs["parts"] if p["name"] not in state.parts]
     weights = {p["name"]: _weight(p, grid) for p in graphs["parts"]}
     done_weight = sum(weights[name] for name in state.parts if name in weights)
@@ -306,6 +215,27 @@ def profile_parts(
             state.save()
             bar.update(weights[part["name"]])
     return state.parts
+
+
+def calibration_archs(graphs: dict, n: int) -> list[ArchSpec]:
+    """The `n` random whole models a profile of the parts in `graphs` calibrates on (the parts' space and model dims)."""
+    model = {k: graphs["model"][k] for k in ("vocab_size", "proj_dim", "head_dim", "max_positions")}
+    return random_archs(n, Axes.from_json(graphs["space"]), seed=CALIBRATION_SEED, **model)
+
+
+def calibrate(profile: DeviceProfile, folders: list[Path], state: _State, progress: bool = True) -> Calibration:
+    """Time the whole models in `folders` over the profile's grid (resuming from `state`) and fit the latency model to them."""
+    from tqdm import tqdm
+
+    samples = []
+    for folder in tqdm(folders, desc="calibrate", disable=not progress):
+        arch = load_arch(folder / ARCH_FILE)
+        if arch.short() not in state.models:
+            _, timings = time_model(folder, profile.device.threads, profile.measurement, profile.decode_contexts, profile.prefill_lengths)
+            state.models[arch.short()] = [list(t) for t in timings]
+            state.save()
+        samples += [Sample(arch, phase, tokens, median) for phase, tokens, median, _ in state.models[arch.short()]]
+    return fit_calibration(profile, samples)
 
 
 def _timing(points, base: float = 0.0) -> Timing:
@@ -370,6 +300,7 @@ def profile_device(
     flush_bytes: int | None = None,
     grid: Grid | None = None,
     runners: RunnerFactory | None = None,
+    calibration: list[Path] | None = None,
     progress: bool = True,
 ) -> DeviceProfile:
     """Time every part and write the device profile to `out`; partial results stay in `workdir`.
@@ -380,8 +311,11 @@ def profile_device(
     machine shared with other work it measures what an idle core would take
     (one thread only).  `flush_bytes` sets the buffer written before every cold
     decode run (0: no cold timings).  `grid` replaces the FULL / QUICK grids
-    (and their clock and flush).  Interrupted, it keeps what it timed; the next call
-    with the same `workdir` and settings continues from there.
+    (and their clock and flush).  `calibration` names folders of whole models
+    (`jetson.models`, ONNX Runtime) to fit the latency model's cache share and
+    prefill scale on (`search.latency.fit_calibration`).  Interrupted, it keeps
+    what it timed; the next call with the same `workdir` and settings continues
+    from there.
     """
     workdir = Path(workdir)
     threads = threads or board_info.usable_cpus()
@@ -403,9 +337,18 @@ def profile_device(
     if device.kind == "jetson" and not device.clocks_locked:
         log.warning("clocks are not locked: timings will vary with DVFS (sudo jetson_clocks before profiling)")
     # The device is part of the settings: a work dir copied from another machine never resumes with its timings.
-    settings = {"device": device.describe(), "backend": backend.name, "precision": backend.precision, "threads": threads, "grid": grid.to_json()}
-    results = profile_parts(graphs, grid, runners, workdir / STATE_FILE, settings, progress=progress)
+    settings = {
+        "device": device.describe(),
+        "backend": backend.name,
+        "precision": backend.precision,
+        "threads": threads,
+        "grid": grid.to_json(),
+    }
+    state = _State(workdir / STATE_FILE, settings)
+    results = profile_parts(graphs, grid, runners, state, progress=progress)
     profile = assemble_profile(graphs, results, grid, device, backend)
+    if calibration:
+        profile = replace(profile, calibration=calibrate(profile, calibration, state, progress=progress))
     profile.save(out)
     return profile
 
@@ -423,4 +366,11 @@ def summary(profile: DeviceProfile) -> str:
         f"layers:   {len(profile.layers)} (E, R); decode at context {profile.decode_contexts[0]}: "
         f"{min(decode):.3f} .. {max(decode):.3f} ms",
     ]
+    c = profile.calibration
+    if c is not None:
+        lines.append(
+            f"calibration: {len(c.archs)} whole models, {c.points} timings; share of the cold penalty "
+            f"mu = clip({c.miss_intercept:.3f} + {c.miss_slope:.3f} ln(traffic / MiB), 0, 1); prefill x {' / '.join(f'{v:.2f}' for v in c.prefill_scales)}; "
+            f"fit MAPE decode {c.decode_mape:.2f} %, prefill {c.prefill_mape:.2f} %"
+        )
     return "\n".join(lines)

@@ -1,9 +1,9 @@
 """`merino-edge profile validate`: does the latency model predict whole models?
 
 Random architectures from the search space are exported as real model graphs
-(`export.micro.export_validation_models`, on a machine with torch), then timed
-here, torch-free, exactly as the profile timed its parts: same backend, threads,
-session options, IOBinding and repetition rule.  The report gives the mean
+and timed exactly as the profile timed its parts (`jetson.models`).  The
+architectures the profile calibrated on are left out, so every point is held
+out from the fit.  The report gives the mean
 absolute percentage error, the share of predictions within +-10 % and the
 Spearman rank correlation of predicted vs measured decode latency (and prefill
 at one prompt length), with a scatter plot.
@@ -16,48 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from merino_edge.arch import TABLE5, ArchSpec, Axes, Block, load_arch
 from merino_edge.device_profile import DeviceProfile
 from merino_edge.errors import InputError
-from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE
 from merino_edge.fileio import write_json_atomic
-from merino_edge.jetson.profile import measure, ort_runner, ort_session
+from merino_edge.jetson.models import time_model
 from merino_edge.rank_correlation import spearman
 from merino_edge.search.latency import LatencyModel
 
 SCHEMA_VERSION = 1
 DECODE_CONTEXTS = (100, 1000)
 PREFILL_LENGTHS = (100,)
-
-
-def random_archs(n: int, axes: Axes = TABLE5, blocks: int = 4, seed: int = 0, **model) -> list[ArchSpec]:
-    """`n` distinct random architectures of `blocks` blocks over `axes` (widths non-decreasing).
-
-    `model` sets the other ArchSpec fields (vocab_size, proj_dim, ...), e.g. from the profile.
-    """
-    if n < 1:
-        raise InputError(f"--archs must be at least 1, got {n}")
-    rng = np.random.default_rng(seed)
-    out: list[ArchSpec] = []
-    seen = set()
-    while len(out) < n:
-        widths = sorted(int(w) for w in rng.choice(axes.widths, size=blocks))
-        arch = ArchSpec(tuple(Block(w, float(rng.choice(axes.ratios)), int(rng.choice(axes.depths))) for w in widths), **model)
-        if arch.short() not in seen:
-            seen.add(arch.short())
-            out.append(arch)
-    return out
-
-
-def graph_shapes(arch: ArchSpec) -> tuple[dict, dict]:
-    """Shape templates (as in graphs.json) of the whole model graph's inputs and outputs."""
-    inputs = {"input_ids": [1, "s"], "position_ids": [1, "s"], "attention_mask": [1, "t"]}
-    outputs = {"logits": [1, "s", arch.vocab_size]}
-    for i, heads in enumerate(arch.layer_heads()):
-        for kv in ("key", "value"):
-            inputs[f"past.{i}.{kv}"] = [1, heads, "c", arch.head_dim]
-            outputs[f"present.{i}.{kv}"] = [1, heads, "t", arch.head_dim]
-    return inputs, outputs
 
 
 @dataclass
@@ -115,14 +83,6 @@ class ValidationReport:
         return "\n".join(lines)
 
 
-def model_dirs(models_dir: str | Path) -> list[Path]:
-    """The exported architectures under `models_dir` (each a folder with arch.json and model.onnx)."""
-    dirs = sorted(d for d in Path(models_dir).glob("*") if (d / ARCH_FILE).exists() and (d / GRAPH_FILE).exists())
-    if not dirs:
-        raise InputError(f"no exported architectures under {models_dir} (folders with {ARCH_FILE} and {GRAPH_FILE})")
-    return dirs
-
-
 def validate_profile(
     profile_path: str | Path,
     folders: list[Path],
@@ -130,11 +90,13 @@ def validate_profile(
     *,
     decode_contexts: tuple[int, ...] = DECODE_CONTEXTS,
     prefill_lengths: tuple[int, ...] = PREFILL_LENGTHS,
+    skip_calibrated: bool = True,
     progress: bool = True,
 ) -> ValidationReport:
     """Time the model in each folder (arch.json + model.onnx) like the profile timed its parts.
 
-    Writes validation.json and validation.png into `out_dir`.
+    With `skip_calibrated`, architectures the profile was calibrated on are left
+    out.  Writes validation.json and validation.png into `out_dir`.
     """
     from tqdm import tqdm
 
@@ -146,18 +108,17 @@ def validate_profile(
         raise InputError(f"validate times ONNX Runtime models; {profile_path} was measured on {profile.backend.name!r}")
     model = LatencyModel(profile)
     threads = profile.device.threads
+    calibrated = set(profile.calibration.archs) if profile.calibration and skip_calibrated else set()
     points: list[Point] = []
     for folder in tqdm(folders, desc="validate", disable=not progress):
-        arch = load_arch(folder / ARCH_FILE)
-        session = ort_session(folder / GRAPH_FILE, threads)
-        inputs, outputs = graph_shapes(arch)
-        grid = [("decode", 1, c, model.decode_ms(arch, c)) for c in decode_contexts]
-        grid += [("prefill", s, 0, model.prefill_ms(arch, s)) for s in prefill_lengths]
-        for phase, seq_len, past_len, predicted in grid:
-            run = ort_runner(session, inputs, outputs, seq_len, past_len, arch.vocab_size)
-            median, spread, _ = measure(run, profile.measurement)
-            points.append(Point(arch.short(), phase, past_len if phase == "decode" else seq_len, predicted, median, spread))
-        del session
+        arch, timings = time_model(folder, threads, profile.measurement, decode_contexts, prefill_lengths)
+        if arch.short() in calibrated:
+            continue  # fitted on: not a test of the model
+        for phase, tokens, median, spread in timings:
+            predicted = model.decode_ms(arch, tokens) if phase == "decode" else model.prefill_ms(arch, tokens)
+            points.append(Point(arch.short(), phase, tokens, predicted, median, spread))
+    if not points:
+        raise InputError("every architecture to validate was one the profile calibrated on: validate with other ones")
     decode = [p for p in points if p.phase == "decode"]
     prefill = [p for p in points if p.phase == "prefill"]
     report = ValidationReport(
@@ -190,7 +151,9 @@ def plot_validation(report: ValidationReport, path: Path) -> Path:
         for tokens in sorted({p.tokens for p in pts}):
             sel = [p for p in pts if p.tokens == tokens]
             label = f"context {tokens}" if phase == "decode" else f"prompt {tokens}"
-            ax.errorbar([p.measured_ms for p in sel], [p.predicted_ms for p in sel], xerr=[p.spread_ms / 2 for p in sel], fmt="o", ms=4, label=label)
+            ax.errorbar(
+                [p.measured_ms for p in sel], [p.predicted_ms for p in sel], xerr=[p.spread_ms / 2 for p in sel], fmt="o", ms=4, label=label
+            )
         lo = min(min(p.measured_ms, p.predicted_ms) for p in pts) * 0.9
         hi = max(max(p.measured_ms, p.predicted_ms) for p in pts) * 1.1
         line = np.array([lo, hi])

@@ -15,6 +15,10 @@ multi-dimensional knapsack with one choice of (R, L) per block.  The solver:
    the other half's cheapest), keeping the best pair that meets every budget.
 
 Step 3 grows as (ratios x depths)^N, so this is meant for N <= 5.
+
+A calibrated latency model is not additive (its cache share grows with the
+model's traffic); the solver then runs once per band of that share
+(`Costs.additive_views`), each run pruned by the best found so far.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from merino_edge.errors import InputError
-from merino_edge.search.budgets import Costs
+from merino_edge.search.budgets import AdditiveCosts, Costs
 from merino_edge.search.evolution import score_table
 from merino_edge.search.space import SearchSpace
 from merino_edge.units import format_count
@@ -55,10 +59,29 @@ def _half(options_obj: list[np.ndarray], options_cost: list[np.ndarray], k: int)
 
 
 def solve_exact(space: SearchSpace, objective, costs: Costs) -> ExactResult:
-    """The best architecture within every budget; InputError if none fits."""
+    """The best architecture within every budget; InputError if none fits.
+
+    A calibrated latency budget is solved band by band (`Costs.additive_views`).
+    """
     start = time.perf_counter()
+    table = score_table(space, objective).reshape(space.shape[0], -1)
+    views = costs.additive_views()
+    best_value, best_genome, solved = -np.inf, None, 0
+    for view in views:
+        value, genome, n = _solve_additive(space, table, view, best_value)
+        solved += n
+        if genome is not None:
+            best_value, best_genome = value, genome
+    if best_genome is None:
+        first = views[0]  # the lowest share of the cold penalty: its latency is a lower bound
+        cheapest = np.stack([first.block[k].reshape(space.shape[0], -1) for k in first.names], axis=-1).min(axis=1)
+        raise InputError(f"no architecture in the search space meets the budgets ({costs.budget.describe()}): {_cheapest(first, cheapest)}")
+    return ExactResult(best_genome, best_value, len(costs.tuples), solved, time.perf_counter() - start)
+
+
+def _solve_additive(space: SearchSpace, table: np.ndarray, costs: AdditiveCosts, floor: float) -> tuple[float, np.ndarray | None, int]:
+    """The best (objective, genome) above `floor` under additive costs (genome None if none), and the tuples solved."""
     w, r, d = space.shape
-    table = score_table(space, objective).reshape(w, r * d)
     names = costs.names
     block = np.stack([costs.block[k].reshape(w, r * d) for k in names], axis=-1) if names else np.zeros((w, r * d, 0))
     remaining = np.array([[costs.limits[k] - costs.fixed[k][t] for k in names] for t in range(len(costs.tuples))]).reshape(len(costs.tuples), len(names))
@@ -70,10 +93,8 @@ def solve_exact(space: SearchSpace, objective, costs: Costs) -> ExactResult:
         fits = (block[widths] + others[:, None, :] <= remaining[t]).all(axis=-1)  # (N, r*d)
         if fits.any(axis=1).all():
             bounds[t] = np.where(fits, table[widths], -np.inf).max(axis=1).sum()
-    if not np.isfinite(bounds).any():
-        raise InputError(f"no architecture in the search space meets the budgets ({costs.budget.describe()}): {_cheapest(costs, cheapest)}")
 
-    best_value, best_genome, solved = -np.inf, None, 0
+    best_value, best_genome, solved = floor, None, 0
     half = space.blocks // 2
     for t in np.argsort(-bounds, kind="stable"):
         if not bounds[t] > best_value:
@@ -100,12 +121,10 @@ def solve_exact(space: SearchSpace, objective, costs: Costs) -> ExactResult:
                 best_value = float(total[i, j])
                 choice = np.concatenate([lo_choice[s + i], hi_choice[j]])
                 best_genome = np.stack([widths, choice // d, choice % d], axis=1)
-    if best_genome is None:
-        raise InputError(f"no architecture in the search space meets the budgets ({costs.budget.describe()}): {_cheapest(costs, cheapest)}")
-    return ExactResult(best_genome, best_value, len(costs.tuples), solved, time.perf_counter() - start)
+    return best_value, best_genome, solved
 
 
-def _cheapest(costs: Costs, cheapest: np.ndarray) -> str:
+def _cheapest(costs: AdditiveCosts, cheapest: np.ndarray) -> str:
     """Name the metrics whose cheapest architecture is already over its limit."""
     out = []
     for k, name in enumerate(costs.names):

@@ -75,21 +75,24 @@ def test_the_profile_predicts_a_tiny_model_with_cold_timings(tiny, tmp_path):
     model = LatencyModel(profile)
     arch = ArchSpec((Block(64, 1.0, 2), Block(128, 2.0, 1)), **tiny.model)
     assert profile.device.kind == "cpu" and profile.device.threads == 1 and profile.backend.name == "ort"
-    assert model.decode_ms(arch, 100) == pytest.approx(model.fixed_ms(arch, 100) + sum(model.block_ms(b, 100) for b in arch.blocks))
-    assert model.decode_ms(arch, 100) >= model.fixed_ms(arch, 100) >= profile.overhead_cold_ms > 0
+    terms = model.decode_terms(arch, 100)
+    assert model.decode_ms(arch, 100) == pytest.approx(terms.warm + terms.penalty)  # uncalibrated: every part cold
+    assert model.decode_ms(arch, 100) >= terms.warm >= profile.overhead_ms > 0
     assert model.prefill_ms(arch, 32) >= profile.overhead_ms > 0
 
 
 @pytest.mark.slow
 def test_cli_profile_quick_writes_a_profile(tiny, tmp_path, capsys):
     workdir = fresh(tiny, tmp_path, "w")
-    argv = ["profile", "--quick", "--threads", "1", "--clock", "cpu", "--flush-mib", "4", "--workdir", str(workdir), "--out", str(tmp_path / "p.json")]
+    argv = ["profile", "--quick", "--threads", "1", "--clock", "cpu", "--flush-mib", "4", "--calibration", "2", "--workdir", str(workdir), "--out", str(tmp_path / "p.json")]
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "wrote" in out and "layers:   4 (E, R)" in out
     profile = DeviceProfile.load(tmp_path / "p.json", backend="ort")
     assert profile.measurement.quick and profile.measurement.clock == "cpu" and profile.measurement.flush_bytes == 4 << 20
     assert profile.prefill_lengths == (16, 128)
+    assert len(profile.calibration.archs) == 2 and profile.calibration.points == 2 * (len(profile.decode_contexts) + len(profile.prefill_lengths))
+    assert len(list((workdir / "calibration").glob("arch_*/model.onnx"))) == 2
 
 
 def test_grids_round_trip_through_json():
@@ -109,6 +112,7 @@ def test_cpu_clock_needs_one_thread(tiny, tmp_path):
         (["profile", "validate"], "name the profile.json to validate"),
         (["profile", "--backend", "tensorrt"], "tensorrt is not available yet"),
         (["profile", "validate", "missing.json"], "device profile not found: missing.json"),
+        (["profile", "--calibration", "-1"], "--calibration must be 0 or more"),
     ],
 )
 def test_cli_profile_errors_are_one_line(argv, message, capsys):

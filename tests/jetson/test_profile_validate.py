@@ -2,14 +2,17 @@
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from merino_edge.export.micro import export_validation_models
-from merino_edge.jetson.profile import profile_device
-from merino_edge.jetson.validate import random_archs, validate_profile
-from merino_edge.search.latency import LatencyModel
+from merino_edge.export.parts import read_graphs
+from merino_edge.jetson.models import random_archs
+from merino_edge.jetson.profile import STATE_FILE, calibration_archs, profile_device
+from merino_edge.jetson.validate import validate_profile
+from merino_edge.search.latency import LatencyModel, Sample, fit_calibration
 
 
 def test_random_archs_are_distinct_members_of_the_space(tiny):
@@ -19,6 +22,8 @@ def test_random_archs_are_distinct_members_of_the_space(tiny):
         arch.check_axes(tiny.axes)
         assert arch.widths == sorted(arch.widths) and len(arch.blocks) == 4 and arch.vocab_size == 256
     assert random_archs(5, tiny.axes, seed=3, **tiny.model) == archs[:5]
+    others = random_archs(5, tiny.axes, seed=3, exclude={a.short() for a in archs[:2]}, **tiny.model)
+    assert others == archs[2:7]
 
 
 @pytest.mark.slow
@@ -45,3 +50,30 @@ def test_validation_times_whole_models_and_reports_their_errors(tiny, tmp_path):
     assert saved["decode"]["mape"] == pytest.approx(report.decode.mape) and len(saved["points"]) == 9
     assert (tmp_path / "val" / "validation.png").read_bytes()[:4] == b"\x89PNG"
     assert "MAPE" in report.summary()
+
+
+@pytest.mark.slow
+def test_a_calibrated_profile_fits_whole_models_resumes_and_validate_leaves_them_out(tiny, tmp_path):
+    grid = replace(tiny.grid, measurement=replace(tiny.grid.measurement, flush_bytes=4 << 20))
+    archs = calibration_archs(read_graphs(tiny.graphs), 3)
+    folders = export_validation_models(archs, tmp_path / "calibration", progress=False)
+    workdir, path = shutil.copytree(tiny.graphs, tmp_path / "w"), tmp_path / "profile.json"
+    profile = profile_device(workdir, path, threads=1, grid=grid, calibration=folders, progress=False)
+
+    fit = profile.calibration
+    assert fit.archs == tuple(a.short() for a in archs) and fit.points == 3 * (3 + 2)  # 3 contexts, 2 prompt lengths
+    assert min(fit.prefill_scales) > 0 and len(fit.prefill_scales) == 2 and fit.miss_slope >= 0 and fit.decode_mape < 100
+    # the fit is the least-squares one over the timings kept in the work dir
+    saved = json.loads((workdir / STATE_FILE).read_text())["models"]
+    samples = [Sample(a, phase, tokens, median) for a in archs for phase, tokens, median, _ in saved[a.short()]]
+    assert fit_calibration(replace(profile, calibration=None), samples) == fit
+    # run again: nothing is timed twice, so the same fit
+    assert profile_device(workdir, path, threads=1, grid=grid, calibration=folders, progress=False).calibration == fit
+
+    # validate leaves out the architectures the fit saw
+    held_out = random_archs(2, tiny.axes, seed=5, exclude=fit.archs, **tiny.model)
+    models = export_validation_models([archs[0], *held_out], tmp_path / "models", progress=False)
+    report = validate_profile(path, models, tmp_path / "val", decode_contexts=(50,), prefill_lengths=(16,), progress=False)
+    assert {p.arch for p in report.points} == {a.short() for a in held_out}
+    latency = LatencyModel(profile)
+    assert [p.predicted_ms for p in report.points if p.phase == "prefill"] == [latency.prefill_ms(a, 16) for a in held_out]

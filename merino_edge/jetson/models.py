@@ -1,0 +1,76 @@
+"""Whole models timed exactly as the profiler times its parts.
+
+Random architectures from the search space, exported as real model graphs
+(`export.micro.export_validation_models`, where torch is installed) into
+folders of arch.json + model.onnx, then timed torch-free on ONNX Runtime: the
+same threads, session options, IOBinding and repetition rule as the parts.
+The profiler calibrates its latency model on a few of them (`jetson.profile`);
+`profile validate` checks the model on others (`jetson.validate`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from merino_edge.arch import TABLE5, ArchSpec, Axes, Block, load_arch
+from merino_edge.device_profile import Measurement
+from merino_edge.errors import InputError
+from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE
+from merino_edge.jetson.timing import measure, ort_runner, ort_session
+
+
+def random_archs(n: int, axes: Axes = TABLE5, blocks: int = 4, seed: int = 0, exclude=(), **model) -> list[ArchSpec]:
+    """`n` distinct random architectures of `blocks` blocks over `axes` (widths non-decreasing).
+
+    Architectures whose short name is in `exclude` are skipped (e.g. the profile's calibration set).
+    `model` sets the other ArchSpec fields (vocab_size, proj_dim, ...), e.g. from the profile.
+    """
+    if n < 1:
+        raise InputError(f"--archs must be at least 1, got {n}")
+    rng = np.random.default_rng(seed)
+    out: list[ArchSpec] = []
+    seen = set(exclude)
+    while len(out) < n:
+        widths = sorted(int(w) for w in rng.choice(axes.widths, size=blocks))
+        arch = ArchSpec(tuple(Block(w, float(rng.choice(axes.ratios)), int(rng.choice(axes.depths))) for w in widths), **model)
+        if arch.short() not in seen:
+            seen.add(arch.short())
+            out.append(arch)
+    return out
+
+
+def graph_shapes(arch: ArchSpec) -> tuple[dict, dict]:
+    """Shape templates (as in graphs.json) of the whole model graph's inputs and outputs."""
+    inputs = {"input_ids": [1, "s"], "position_ids": [1, "s"], "attention_mask": [1, "t"]}
+    outputs = {"logits": [1, "s", arch.vocab_size]}
+    for i, heads in enumerate(arch.layer_heads()):
+        for kv in ("key", "value"):
+            inputs[f"past.{i}.{kv}"] = [1, heads, "c", arch.head_dim]
+            outputs[f"present.{i}.{kv}"] = [1, heads, "t", arch.head_dim]
+    return inputs, outputs
+
+
+def model_dirs(models_dir: str | Path) -> list[Path]:
+    """The exported architectures under `models_dir` (each a folder with arch.json and model.onnx)."""
+    dirs = sorted(d for d in Path(models_dir).glob("*") if (d / ARCH_FILE).exists() and (d / GRAPH_FILE).exists())
+    if not dirs:
+        raise InputError(f"no exported architectures under {models_dir} (folders with {ARCH_FILE} and {GRAPH_FILE})")
+    return dirs
+
+
+def time_model(
+    folder: Path, threads: int | None, how: Measurement, decode_contexts: tuple[int, ...], prefill_lengths: tuple[int, ...]
+) -> tuple[ArchSpec, list[tuple[str, int, float, float]]]:
+    """The arch in `folder` and its (phase, tokens, median ms, IQR ms) at every decode context and prompt length."""
+    arch = load_arch(folder / ARCH_FILE)
+    session = ort_session(folder / GRAPH_FILE, threads)
+    inputs, outputs = graph_shapes(arch)
+    grid = [("decode", 1, c) for c in decode_contexts] + [("prefill", s, 0) for s in prefill_lengths]
+    out = []
+    for phase, seq_len, past_len in grid:
+        run = ort_runner(session, inputs, outputs, seq_len, past_len, arch.vocab_size)
+        median, spread, _ = measure(run, how)
+        out.append((phase, past_len if phase == "decode" else seq_len, median, spread))
+    return arch, out
