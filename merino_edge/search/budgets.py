@@ -94,28 +94,18 @@ def metric_functions(budget: Budget, latency=None) -> dict[str, Callable[[ArchSp
 # A calibrated latency model is warm + mu(traffic) * penalty (`search.latency`): the three
 # terms are additive and tabulated; the latency itself is combined from them.
 WARM, PENALTY, TRAFFIC = "latency.warm", "latency.penalty", "latency.traffic"
-MU_STEP = 0.01  # the exact solver's bands of mu: conservative by at most 1 % of the cold penalty
-
-
-@dataclass(frozen=True)
-class AdditiveCosts:
-    """Additive cost tables, as the exact solver needs them (see `Costs.additive_views`)."""
-
-    budget: Budget
-    names: list[str]
-    limits: dict[str, float]
-    block: dict[str, np.ndarray]
-    fixed: dict[str, np.ndarray]
-    tuples: np.ndarray
 
 
 class Costs:
     """The budget's metrics tabulated over a search space.
 
-    `block[k]` has shape (widths, ratios, depths): metric k of one block;
-    `fixed[k]` has one value per row of `space.width_tuples()`.  With a
-    calibrated latency model the latency is not additive: its three additive
-    terms are tabulated instead and combined in `evaluate`.
+    `block[k]` has shape (widths, ratios, depths): component k of one block;
+    `fixed[k]` has one value per row of `space.width_tuples()`.  The components
+    are the bounded metrics themselves, except a calibrated latency, which is
+    not additive: its three additive terms are tabulated instead and combined
+    by `metrics`.  Every metric is non-decreasing in every component, so
+    component-wise lower bounds give lower bounds of the metrics (the exact
+    solver's pruning relies on it).
     """
 
     def __init__(self, space: SearchSpace, budget: Budget, latency=None):
@@ -126,11 +116,11 @@ class Costs:
         functions = metric_functions(budget, latency)
         self.names = list(self.limits)
         self.latency = latency if "latency_ms" in self.limits and latency.cache_aware else None
-        tabulated = list(self.names)
+        self.components = list(self.names)
         if self.latency is not None:
             context = budget.latency_context
-            tabulated.remove("latency_ms")
-            tabulated += [WARM, PENALTY, TRAFFIC]
+            self.components.remove("latency_ms")
+            self.components += [WARM, PENALTY, TRAFFIC]
             functions[WARM] = lambda arch: latency.decode_terms(arch, context).warm
             functions[PENALTY] = lambda arch: latency.decode_terms(arch, context).penalty
             functions[TRAFFIC] = lambda arch: latency.decode_terms(arch, context).traffic
@@ -140,7 +130,7 @@ class Costs:
         w, r, d = space.shape
         self.block = {}
         self.fixed = {}
-        for name in tabulated:
+        for name in self.components:
             price = functions[name]
             single = np.array(
                 [price(space.make_arch((Block(a.widths[i], a.ratios[k], a.depths[m]),))) for i in range(w) for k in range(r) for m in range(d)]
@@ -168,46 +158,30 @@ class Costs:
         """Row of `width_tuples()` for each genome's widths."""
         return np.searchsorted(self._keys, self._key(genomes[..., WIDTH]))
 
-    def evaluate(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
-        """Every metric of every genome, shape (n,) each."""
+    def totals(self, genomes: np.ndarray) -> np.ndarray:
+        """Every component of every genome, shape (n, components)."""
         g = np.asarray(genomes)
         t = self.tuple_index(g)
-        sums = {k: self.fixed[k][t] + self.block[k][g[..., WIDTH], g[..., RATIO], g[..., DEPTH]].sum(axis=-1) for k in self.block}
+        parts = [self.fixed[k][t] + self.block[k][g[..., WIDTH], g[..., RATIO], g[..., DEPTH]].sum(axis=-1) for k in self.components]
+        return np.stack(parts, axis=-1) if parts else np.zeros((len(g), 0))
+
+    def metrics(self, totals: np.ndarray) -> dict[str, np.ndarray]:
+        """The bounded metrics from component totals of shape (..., components)."""
+        column = {k: totals[..., i] for i, k in enumerate(self.components)}
         if self.latency is not None:
-            sums["latency_ms"] = sums[WARM] + self.latency.miss_fraction(sums[TRAFFIC]) * sums[PENALTY]
-        return {k: sums[k] for k in self.names}
+            column["latency_ms"] = column[WARM] + self.latency.miss_fraction(column[TRAFFIC]) * column[PENALTY]
+        return {k: column[k] for k in self.names}
 
-    def additive_views(self) -> list[AdditiveCosts]:
-        """Additive tables whose feasible sets together cover this budget's, for the exact solver.
+    def within(self, totals: np.ndarray) -> np.ndarray:
+        """Whether component totals of shape (..., components) meet every budget."""
+        ok = np.ones(totals.shape[:-1], dtype=bool)
+        for name, value in self.metrics(totals).items():
+            ok &= value <= self.limits[name]
+        return ok
 
-        Without a calibrated latency this is the tables themselves.  With one, a band
-        per level mu_k of the cache share (every MU_STEP over the space's range):
-        traffic <= the traffic where mu reaches mu_k, and warm + mu_k * penalty within
-        the latency budget.  An arch in band k pays at most mu_k of its penalty, so
-        every band's answer meets the real budget, conservative by at most MU_STEP.
-        """
-        base = [n for n in self.names if n != "latency_ms"]
-        if self.latency is None:
-            return [AdditiveCosts(self.budget, self.names, self.limits, self.block, self.fixed, self.tuples)]
-        traffic = self.fixed[TRAFFIC] + self.block[TRAFFIC].min(axis=(1, 2))[self.tuples].sum(axis=1)
-        most = self.fixed[TRAFFIC] + self.block[TRAFFIC].max(axis=(1, 2))[self.tuples].sum(axis=1)
-        low, high = (float(self.latency.miss_fraction(x)) for x in (traffic.min(), most.max()))
-        levels = [*np.arange(np.ceil(low / MU_STEP) * MU_STEP, high, MU_STEP), high]
-        views = []
-        for k, mu in enumerate(levels):
-            block, fixed = {n: self.block[n] for n in base}, {n: self.fixed[n] for n in base}
-            block["latency_ms"] = self.block[WARM] + mu * self.block[PENALTY]
-            fixed["latency_ms"] = self.fixed[WARM] + mu * self.fixed[PENALTY]
-            limits = {**{n: self.limits[n] for n in base}, "latency_ms": self.limits["latency_ms"]}
-            if k < len(levels) - 1:  # the last band takes all the traffic there is
-                block[TRAFFIC], fixed[TRAFFIC] = self.block[TRAFFIC], self.fixed[TRAFFIC]
-                limits[TRAFFIC] = self.latency.traffic_at(mu)
-            views.append(AdditiveCosts(self.budget, list(limits), limits, block, fixed, self.tuples))
-        return views
+    def evaluate(self, genomes: np.ndarray) -> dict[str, np.ndarray]:
+        """Every metric of every genome, shape (n,) each."""
+        return self.metrics(self.totals(genomes))
 
     def feasible(self, genomes: np.ndarray) -> np.ndarray:
-        values = self.evaluate(genomes)
-        ok = np.ones(len(genomes), dtype=bool)
-        for k in self.names:
-            ok &= values[k] <= self.limits[k]
-        return ok
+        return self.within(self.totals(genomes))

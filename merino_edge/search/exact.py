@@ -16,9 +16,11 @@ multi-dimensional knapsack with one choice of (R, L) per block.  The solver:
 
 Step 3 grows as (ratios x depths)^N, so this is meant for N <= 5.
 
-A calibrated latency model is not additive (its cache share grows with the
-model's traffic); the solver then runs once per band of that share
-(`Costs.additive_views`), each run pruned by the best found so far.
+A calibrated latency is not additive (its cache share grows with the model's
+traffic) but its three terms are: the solver works on those components, checks
+the real latency of every candidate pair in step 3, and prunes in steps 1 and 3
+with component-wise lower bounds, which bound the latency from below because
+it is non-decreasing in each term (`Costs`).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from merino_edge.errors import InputError
-from merino_edge.search.budgets import AdditiveCosts, Costs
+from merino_edge.search.budgets import Costs
 from merino_edge.search.evolution import score_table
 from merino_edge.search.space import SearchSpace
 from merino_edge.units import format_count
@@ -59,42 +61,25 @@ def _half(options_obj: list[np.ndarray], options_cost: list[np.ndarray], k: int)
 
 
 def solve_exact(space: SearchSpace, objective, costs: Costs) -> ExactResult:
-    """The best architecture within every budget; InputError if none fits.
-
-    A calibrated latency budget is solved band by band (`Costs.additive_views`).
-    """
+    """The best architecture within every budget; InputError if none fits."""
     start = time.perf_counter()
-    table = score_table(space, objective).reshape(space.shape[0], -1)
-    views = costs.additive_views()
-    best_value, best_genome, solved = -np.inf, None, 0
-    for view in views:
-        value, genome, n = _solve_additive(space, table, view, best_value)
-        solved += n
-        if genome is not None:
-            best_value, best_genome = value, genome
-    if best_genome is None:
-        first = views[0]  # the lowest share of the cold penalty: its latency is a lower bound
-        cheapest = np.stack([first.block[k].reshape(space.shape[0], -1) for k in first.names], axis=-1).min(axis=1)
-        raise InputError(f"no architecture in the search space meets the budgets ({costs.budget.describe()}): {_cheapest(first, cheapest)}")
-    return ExactResult(best_genome, best_value, len(costs.tuples), solved, time.perf_counter() - start)
-
-
-def _solve_additive(space: SearchSpace, table: np.ndarray, costs: AdditiveCosts, floor: float) -> tuple[float, np.ndarray | None, int]:
-    """The best (objective, genome) above `floor` under additive costs (genome None if none), and the tuples solved."""
     w, r, d = space.shape
-    names = costs.names
-    block = np.stack([costs.block[k].reshape(w, r * d) for k in names], axis=-1) if names else np.zeros((w, r * d, 0))
-    remaining = np.array([[costs.limits[k] - costs.fixed[k][t] for k in names] for t in range(len(costs.tuples))]).reshape(len(costs.tuples), len(names))
+    table = score_table(space, objective).reshape(w, r * d)
+    k = len(costs.components)
+    block = np.stack([costs.block[c].reshape(w, r * d) for c in costs.components], axis=-1) if k else np.zeros((w, r * d, 0))
+    fixed = np.stack([costs.fixed[c] for c in costs.components], axis=-1) if k else np.zeros((len(costs.tuples), 0))
 
-    cheapest = block.min(axis=1)  # (w, k)
+    cheapest = block.min(axis=1)  # (w, k): each component at its smallest, a lower bound
     bounds = np.full(len(costs.tuples), -np.inf)
     for t, widths in enumerate(costs.tuples):
         others = cheapest[widths].sum(axis=0) - cheapest[widths]  # (N, k): the other blocks at their cheapest
-        fits = (block[widths] + others[:, None, :] <= remaining[t]).all(axis=-1)  # (N, r*d)
+        fits = costs.within(fixed[t] + block[widths] + others[:, None, :])  # (N, r*d)
         if fits.any(axis=1).all():
             bounds[t] = np.where(fits, table[widths], -np.inf).max(axis=1).sum()
+    if not np.isfinite(bounds).any():
+        raise InputError(f"no architecture in the search space meets the budgets ({costs.budget.describe()}): {_cheapest(costs, fixed, cheapest)}")
 
-    best_value, best_genome, solved = floor, None, 0
+    best_value, best_genome, solved = -np.inf, None, 0
     half = space.blocks // 2
     for t in np.argsort(-bounds, kind="stable"):
         if not bounds[t] > best_value:
@@ -103,32 +88,34 @@ def _solve_additive(space: SearchSpace, table: np.ndarray, costs: AdditiveCosts,
         widths = costs.tuples[t]
         objs = [table[e] for e in widths]
         cols = [block[e] for e in widths]
-        lo_obj, lo_cost, lo_choice = _half(objs[:half], cols[:half], len(names))
-        hi_obj, hi_cost, hi_choice = _half(objs[half:], cols[half:], len(names))
+        lo_obj, lo_cost, lo_choice = _half(objs[:half], cols[:half], k)
+        hi_obj, hi_cost, hi_choice = _half(objs[half:], cols[half:], k)
         # Drop the choices that cannot fit even beside the other half's cheapest, or cannot beat the best so far.
-        lo = (lo_cost + hi_cost.min(axis=0) <= remaining[t]).all(axis=-1) & (lo_obj + hi_obj.max() > best_value)
-        hi = (hi_cost + lo_cost.min(axis=0) <= remaining[t]).all(axis=-1) & (hi_obj + lo_obj.max() > best_value)
+        lo = costs.within(fixed[t] + lo_cost + hi_cost.min(axis=0)) & (lo_obj + hi_obj.max() > best_value)
+        hi = costs.within(fixed[t] + hi_cost + lo_cost.min(axis=0)) & (hi_obj + lo_obj.max() > best_value)
         lo_obj, lo_cost, lo_choice = lo_obj[lo], lo_cost[lo], lo_choice[lo]
         hi_obj, hi_cost, hi_choice = hi_obj[hi], hi_cost[hi], hi_choice[hi]
         if not (len(lo_obj) and len(hi_obj)):
             continue
         rows = max(1, _CHUNK // len(hi_obj))
         for s in range(0, len(lo_obj), rows):
-            fits = (lo_cost[s : s + rows, None, :] + hi_cost[None, :, :] <= remaining[t]).all(axis=-1)
+            fits = costs.within(fixed[t] + lo_cost[s : s + rows, None, :] + hi_cost[None, :, :])
             total = np.where(fits, lo_obj[s : s + rows, None] + hi_obj[None, :], -np.inf)
             i, j = np.unravel_index(int(np.argmax(total)), total.shape)
             if total[i, j] > best_value:
                 best_value = float(total[i, j])
                 choice = np.concatenate([lo_choice[s + i], hi_choice[j]])
                 best_genome = np.stack([widths, choice // d, choice % d], axis=1)
-    return best_value, best_genome, solved
+    if best_genome is None:
+        raise InputError(f"no architecture in the search space meets the budgets ({costs.budget.describe()}): {_cheapest(costs, fixed, cheapest)}")
+    return ExactResult(best_genome, best_value, len(costs.tuples), solved, time.perf_counter() - start)
 
 
-def _cheapest(costs: AdditiveCosts, cheapest: np.ndarray) -> str:
+def _cheapest(costs: Costs, fixed: np.ndarray, cheapest: np.ndarray) -> str:
     """Name the metrics whose cheapest architecture is already over its limit."""
+    low = costs.metrics(fixed + cheapest[costs.tuples].sum(axis=1))  # lower bounds, per width tuple
     out = []
-    for k, name in enumerate(costs.names):
-        low = float(np.min(costs.fixed[name] + cheapest[costs.tuples, k].sum(axis=1)))
-        if low > costs.limits[name]:
-            out.append(f"the smallest needs {name} {format_count(low, 4)} > {format_count(costs.limits[name], 4)}")
+    for name, values in low.items():
+        if values.min() > costs.limits[name]:
+            out.append(f"the smallest needs {name} {format_count(float(values.min()), 4)} > {format_count(costs.limits[name], 4)}")
     return "; ".join(out) or "each budget alone can be met, but not all of them together"

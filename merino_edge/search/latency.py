@@ -27,8 +27,9 @@ at s, interpolated between the profiled prompt lengths, times the calibrated
 scale for s (one per profiled length, interpolated in ln s: short prompts
 cost far more than their parts on the development machine, long ones about 10 %).
 
-warm, penalty and traffic are each additive over blocks (`decode_terms`), which
-is what the search's cost tables and exact solver use (`search.budgets`).
+warm, penalty and traffic are each additive over blocks (`decode_terms`), and
+the latency is non-decreasing in each (the penalty is never negative): the
+search's cost tables and exact solver rely on both (`search.budgets`).
 
 numpy only.
 """
@@ -104,11 +105,14 @@ class LatencyModel:
 
     @staticmethod
     def _split(timing: PartTiming, grid: np.ndarray, x: float) -> tuple[float, float]:
-        """(warm, cold - warm) of one part's decode timing at x (no penalty without cold timings)."""
+        """(warm, cold - warm) of one part's decode timing at x (no penalty without cold timings).
+
+        A cold run faster than the warm one is noise: the penalty is never negative.
+        """
         warm = _interp(grid, timing.decode.median_ms, x)
         if timing.decode_cold is None:
             return warm, 0.0
-        return warm, _interp(grid, timing.decode_cold.median_ms, x) - warm
+        return warm, max(0.0, _interp(grid, timing.decode_cold.median_ms, x) - warm)
 
     def layer_terms(self, width: int, ratio: float, context: int) -> tuple[float, float]:
         """(warm ms, cold penalty ms) of one execution of a (width, ratio) layer in a decode step."""
@@ -141,7 +145,7 @@ class LatencyModel:
         """warm, penalty and traffic of one decode step with `context` tokens in the KV cache."""
         p = self.profile
         cold_overhead = p.overhead_ms if p.overhead_cold_ms is None else p.overhead_cold_ms
-        warm, penalty = p.overhead_ms, cold_overhead - p.overhead_ms
+        warm, penalty = p.overhead_ms, max(0.0, cold_overhead - p.overhead_ms)
         one = np.zeros(1)  # parts other than layers are timed at one context
         for timing in self._fixed_parts(arch):
             w, d = self._split(timing, one, 0)

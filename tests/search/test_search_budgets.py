@@ -7,7 +7,7 @@ from cache_profiles import calibrated
 
 from merino_edge.arch import Axes
 from merino_edge.errors import InputError
-from merino_edge.search.budgets import MU_STEP, Budget, Costs
+from merino_edge.search.budgets import Budget, Costs
 from merino_edge.search.latency import LatencyModel
 from merino_edge.search.space import SearchSpace
 
@@ -78,13 +78,3 @@ def test_a_calibrated_latency_is_combined_from_its_tabulated_terms():
         assert value == pytest.approx(latency.decode_ms(SMALL.to_arch(genome), 300), rel=1e-12)
     shares = latency.miss_fraction(np.array([latency.decode_terms(SMALL.to_arch(g), 300).traffic for g in genomes]))
     assert shares.min() < 0.3 and shares.max() > 0.7  # the share really varies over these archs
-
-
-def test_the_exact_solver_gets_bands_of_the_cache_share():
-    latency = LatencyModel(calibrated(json.loads(PROFILE.read_text()), SMALL, context=300))
-    views = Costs(SMALL, Budget(latency_ms=100.0, latency_context=300), latency).additive_views()
-    assert 50 <= len(views) <= 70  # mu from about 0.2 to 0.8 in steps of MU_STEP
-    assert all(v.limits["latency.traffic"] == pytest.approx(latency.traffic_at(0.2 + MU_STEP * k), rel=0.05) for k, v in enumerate(views[:-1]))
-    assert "latency.traffic" not in views[-1].limits
-    plain = Costs(SMALL, Budget(latency_ms=100.0, latency_context=300), LatencyModel.from_file(PROFILE, axes=SMALL.axes))
-    assert len(plain.additive_views()) == 1 and plain.additive_views()[0].names == ["latency_ms"]
