@@ -408,8 +408,8 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", nargs="?", choices=["validate"], help="validate: time random whole models against PROFILE's predictions")
     p.add_argument("profile", nargs="?", help="validate: the profile.json to check")
     p.add_argument("--backend", choices=["ort", "tensorrt", "torch"], default="ort", help="what to time the parts on (default ort)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], default="fp32", help="graph precision (default fp32)")
-    p.add_argument("--device", default=None, help="torch backend: cpu or cuda (default cuda when available)")
+    p.add_argument("--precision", choices=["fp32", "fp16"], default=None, help="graph precision (default fp16 for tensorrt, else fp32)")
+    p.add_argument("--device", default=None, help="torch backend: cpu or cuda (default cuda when available); tensorrt: the GPU index (default 0)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: every CPU this process may use)")
     p.add_argument("--quick", action="store_true", help="fewer contexts, lengths and repetitions (every (E, R) is still timed)")
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall", help="cpu: time this process's CPU time, for a machine busy with other work (needs --threads 1)")
@@ -458,10 +458,15 @@ def _run_profile(args: argparse.Namespace) -> int:
     from merino_edge.jetson.models import model_dirs
     from merino_edge.jetson.profile import CALIBRATION_DIR, calibration_archs, profile_device, summary
 
-    out = Path(args.out or "profile.json")
-    workdir = Path(args.workdir or out.with_name(f"{out.stem}.{args.backend}-{args.precision}.work"))
+    precision = args.precision or ("fp16" if args.backend == "tensorrt" else "fp32")
+    if args.backend == "tensorrt" and precision != "fp16":
+        fail("profile --backend tensorrt builds FP16 engines: use --precision fp16 (the default for tensorrt)")
     if args.backend == "tensorrt":
-        fail("profile --backend tensorrt is not available yet: profile with --backend ort (or torch on a GPU)")
+        from merino_edge.runtime.backends.tensorrt import import_tensorrt
+
+        import_tensorrt()  # a missing TensorRT says so before anything is exported
+    out = Path(args.out or "profile.json")
+    workdir = Path(args.workdir or out.with_name(f"{out.stem}.{args.backend}-{precision}.work"))
     if args.calibration < 0:
         fail(f"--calibration must be 0 or more, got {args.calibration}")
     runners, micro = None, None
@@ -471,21 +476,25 @@ def _run_profile(args: argparse.Namespace) -> int:
         if args.backend == "torch" or args.export_only or not (workdir / GRAPHS_FILE).exists():
             fail(f"exporting the micro-graphs needs torch ({exc}); run `merino-edge profile --export-only --workdir DIR` where torch is installed and pass that DIR here as --workdir")
     if args.backend == "torch":
-        runners = micro.TorchRunners(args.precision, args.device, args.threads)
+        runners = micro.TorchRunners(precision, args.device, args.threads)
     elif micro is not None and not (workdir / GRAPHS_FILE).exists():
-        micro.export_micro_graphs(workdir, precision=args.precision)
+        micro.export_micro_graphs(workdir, precision=precision)
     # Whole models to calibrate on: timed on ONNX Runtime, so not for the torch backend.
     calibration = None
     if args.calibration and args.backend == "ort":
         if micro is not None:
             archs = calibration_archs(read_graphs(workdir), args.calibration)
-            calibration = micro.export_validation_models(archs, workdir / CALIBRATION_DIR, precision=args.precision)
+            calibration = micro.export_validation_models(archs, workdir / CALIBRATION_DIR, precision=precision)
         else:
             calibration = model_dirs(workdir / CALIBRATION_DIR)[: args.calibration]
     if args.export_only:
         models = f" and {len(calibration)} calibration models" if calibration else ""
         print(f"exported the micro-graphs{models} to {workdir}; copy it to the board and run `merino-edge profile --workdir {workdir.name}` there")
         return 0
+    if args.backend == "tensorrt":
+        from merino_edge.jetson.profile_tensorrt import TensorRTRunners
+
+        runners = TensorRTRunners(workdir, device=int(args.device or 0))
     flush = None if args.flush_mib is None else args.flush_mib << 20
     profile = profile_device(
         workdir, out, threads=args.threads, quick=args.quick, clock=args.clock, flush_bytes=flush, runners=runners, calibration=calibration

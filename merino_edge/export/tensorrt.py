@@ -67,6 +67,46 @@ def _progress_monitor(trt):
     return Progress()
 
 
+def build_plan(trt, onnx_path: Path, profiles, *, workspace_mib: int, timing_cache: bytes = b"", progress: bool = False) -> tuple[bytes, bytes, float]:
+    """Build a strongly typed ONNX graph with these optimization profiles: (serialized engine, timing cache, seconds).
+
+    `profiles` are `engine_record.Profile`s, added in order; `timing_cache` is a
+    serialized cache to start from (one from another TensorRT or GPU is dropped).
+    """
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        raise InputError(parser_error_message(onnx_path, [parser.get_error(i) for i in range(parser.num_errors)]))
+
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
+    for prof in profiles:
+        opt_profile = builder.create_optimization_profile()
+        for rng in prof.inputs:
+            opt_profile.set_shape(rng.name, rng.min, rng.opt, rng.max)
+        config.add_optimization_profile(opt_profile)
+
+    cache = config.create_timing_cache(timing_cache)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        print("merino-edge: the timing cache was made by another TensorRT or GPU; starting a new one", file=sys.stderr)
+        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    if progress:
+        monitor = _progress_monitor(trt)  # must outlive the build
+        config.progress_monitor = monitor
+
+    started = time.perf_counter()
+    plan = builder.build_serialized_network(network, config)
+    seconds = time.perf_counter() - started
+    if plan is None:
+        raise MerinoError(
+            f"TensorRT could not build an engine from {onnx_path} (its log above says why); "
+            f"if it ran out of memory, try a smaller --workspace than {workspace_mib} MiB or a smaller --max-batch"
+        )
+    return bytes(plan), bytes(config.get_timing_cache().serialize()), seconds
+
+
 def build_engine(
     bundle_dir: str | Path,
     *,
@@ -95,43 +135,15 @@ def build_engine(
     finally:
         cuda.close()
 
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        raise InputError(parser_error_message(onnx_path, [parser.get_error(i) for i in range(parser.num_errors)]))
-
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_mib << 20)
-    for prof in profiles:
-        opt_profile = builder.create_optimization_profile()
-        for rng in prof.inputs:
-            opt_profile.set_shape(rng.name, rng.min, rng.opt, rng.max)
-        config.add_optimization_profile(opt_profile)
-
     cache_path = Path(timing_cache) if timing_cache else bundle.path / TIMING_CACHE_FILE
-    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.is_file() else b"")
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        print(f"merino-edge: the timing cache {cache_path} was made by another TensorRT or GPU; starting a new one", file=sys.stderr)
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
-    if progress:
-        monitor = _progress_monitor(trt)  # must outlive the build
-        config.progress_monitor = monitor
-
-    started = time.perf_counter()
-    plan = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - started
-    if plan is None:
-        raise MerinoError(
-            f"TensorRT could not build an engine from {onnx_path} (its log above says why); "
-            f"if it ran out of memory, try a smaller --workspace than {workspace_mib} MiB or a smaller --max-batch"
-        )
+    plan, cache, seconds = build_plan(
+        trt, onnx_path, profiles, workspace_mib=workspace_mib, timing_cache=cache_path.read_bytes() if cache_path.is_file() else b"", progress=progress
+    )
     engine_path = bundle.path / ENGINE_FILE
     engine_path.parent.mkdir(exist_ok=True)
-    write_bytes_atomic(engine_path, bytes(plan))
+    write_bytes_atomic(engine_path, plan)
     cache_path.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes_atomic(cache_path, bytes(config.get_timing_cache().serialize()))
+    write_bytes_atomic(cache_path, cache)
 
     context = profiles[0]["input_ids"]
     record = EngineRecord(

@@ -10,6 +10,7 @@ The profiler calibrates its latency model on a few of them (`jetson.profile`);
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -74,3 +75,47 @@ def time_model(
         median, spread, _ = measure(run, how)
         out.append((phase, past_len if phase == "decode" else seq_len, median, spread))
     return arch, out
+
+
+ROUNDS = 3  # whole models are timed in rounds over all of them; a point keeps the median of its rounds
+
+
+def time_models(
+    folders: list[Path],
+    threads: int | None,
+    how: Measurement,
+    decode_contexts: tuple[int, ...],
+    prefill_lengths: tuple[int, ...],
+    *,
+    rounds: int = ROUNDS,
+    record: dict[str, list] | None = None,
+    on_update: Callable[[], None] | None = None,
+    progress: bool = True,
+    desc: str = "time models",
+) -> list[tuple[ArchSpec, list[tuple[str, int, float, float]]]]:
+    """(arch, [(phase, tokens, median ms, IQR ms), ...]) of every folder, timed round-robin `rounds` times.
+
+    A point keeps the median of its rounds' medians (and of their IQRs): on a
+    shared machine a disturbance of a few seconds then touches one round of a
+    point, not its result.  `record` ({arch short name: [one round's timings,
+    ...]}) keeps what was timed; rounds already in it are not timed again, and
+    `on_update` is called after every model of every round (to save it).
+    """
+    from tqdm import tqdm
+
+    record = {} if record is None else record
+    archs = [load_arch(folder / ARCH_FILE) for folder in folders]
+    todo = [(r, folder, arch) for r in range(rounds) for folder, arch in zip(folders, archs, strict=True) if len(record.get(arch.short(), [])) <= r]
+    for _, folder, arch in tqdm(todo, desc=desc, disable=not progress):
+        _, timings = time_model(folder, threads, how, decode_contexts, prefill_lengths)
+        record.setdefault(arch.short(), []).append([list(t) for t in timings])
+        if on_update is not None:
+            on_update()
+    out = []
+    for arch in archs:
+        runs = record[arch.short()][:rounds]
+        points = [(phase, int(tokens)) for phase, tokens, _, _ in runs[0]]
+        medians = np.median([[t[2] for t in run] for run in runs], axis=0)
+        spreads = np.median([[t[3] for t in run] for run in runs], axis=0)
+        out.append((arch, [(phase, tokens, float(m), float(s)) for (phase, tokens), m, s in zip(points, medians, spreads, strict=True)]))
+    return out

@@ -34,13 +34,13 @@ from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
-from merino_edge.arch import ArchSpec, Axes, load_arch
+from merino_edge.arch import ArchSpec, Axes
 from merino_edge.device_profile import BackendInfo, Calibration, DeviceInfo, DeviceProfile, Measurement, PartTiming, Timing
 from merino_edge.errors import InputError
-from merino_edge.export.parts import ARCH_FILE, read_graphs
+from merino_edge.export.parts import read_graphs
 from merino_edge.fileio import write_json_atomic
 from merino_edge.jetson import board as board_info
-from merino_edge.jetson.models import random_archs, time_model
+from merino_edge.jetson.models import random_archs, time_models
 from merino_edge.jetson.timing import CLOCKS, CacheFlush, Runner, measure, ort_module, ort_runner, ort_session
 from merino_edge.search.latency import Sample, fit_calibration
 
@@ -165,7 +165,7 @@ class _State:
     def __init__(self, path: Path, settings: dict):
         self.path, self.settings = path, settings
         self.parts: dict[str, dict] = {}
-        self.models: dict[str, list] = {}  # calibration: arch short name -> [[phase, tokens, median, iqr], ...]
+        self.models: dict[str, list] = {}  # calibration: arch short name -> rounds of [[phase, tokens, median, iqr], ...]
         if path.exists():
             try:
                 data = json.loads(path.read_text())
@@ -225,17 +225,11 @@ def calibration_archs(graphs: dict, n: int) -> list[ArchSpec]:
 
 def calibrate(profile: DeviceProfile, folders: list[Path], state: _State, progress: bool = True) -> Calibration:
     """Time the whole models in `folders` over the profile's grid (resuming from `state`) and fit the latency model to them."""
-    from tqdm import tqdm
-
-    samples = []
-    for folder in tqdm(folders, desc="calibrate", disable=not progress):
-        arch = load_arch(folder / ARCH_FILE)
-        if arch.short() not in state.models:
-            _, timings = time_model(folder, profile.device.threads, profile.measurement, profile.decode_contexts, profile.prefill_lengths)
-            state.models[arch.short()] = [list(t) for t in timings]
-            state.save()
-        samples += [Sample(arch, phase, tokens, median) for phase, tokens, median, _ in state.models[arch.short()]]
-    return fit_calibration(profile, samples)
+    timed = time_models(
+        folders, profile.device.threads, profile.measurement, profile.decode_contexts, profile.prefill_lengths,
+        record=state.models, on_update=state.save, progress=progress, desc="calibrate",
+    )  # fmt: skip
+    return fit_calibration(profile, [Sample(arch, phase, tokens, median) for arch, timings in timed for phase, tokens, median, _ in timings])
 
 
 def _timing(points, base: float = 0.0) -> Timing:
@@ -325,6 +319,8 @@ def profile_device(
     graphs, backend = runners.graphs, runners.backend_info
     if clock not in CLOCKS:
         raise InputError(f"clock {clock!r}: choose one of {', '.join(CLOCKS)}")
+    if clock == "cpu" and runners.gpu is not None:
+        raise InputError("--clock cpu times this process's CPU, not the GPU: profile a GPU with --clock wall")
     if clock == "cpu" and threads != 1:
         raise InputError(f"--clock cpu adds up the CPU time of every thread: use it with --threads 1, not {threads}")
     if grid is None:

@@ -19,7 +19,7 @@ import numpy as np
 from merino_edge.device_profile import DeviceProfile
 from merino_edge.errors import InputError
 from merino_edge.fileio import write_json_atomic
-from merino_edge.jetson.models import time_model
+from merino_edge.jetson.models import ROUNDS, time_models
 from merino_edge.rank_correlation import spearman
 from merino_edge.search.latency import LatencyModel
 
@@ -91,14 +91,16 @@ def validate_profile(
     decode_contexts: tuple[int, ...] = DECODE_CONTEXTS,
     prefill_lengths: tuple[int, ...] = PREFILL_LENGTHS,
     skip_calibrated: bool = True,
+    rounds: int = ROUNDS,
     progress: bool = True,
 ) -> ValidationReport:
     """Time the model in each folder (arch.json + model.onnx) like the profile timed its parts.
 
-    With `skip_calibrated`, architectures the profile was calibrated on are left
-    out.  Writes validation.json and validation.png into `out_dir`.
+    Models are timed in `rounds` rounds over all of them (`jetson.models.time_models`),
+    as the profile's calibration was.  With `skip_calibrated`, architectures the
+    profile was calibrated on are left out.  Writes validation.json and
+    validation.png into `out_dir`.
     """
-    from tqdm import tqdm
 
     profile = DeviceProfile.load(profile_path)
     too_long = [n for n in (*decode_contexts, *prefill_lengths) if n + 1 > profile.max_positions or n < 0]
@@ -110,8 +112,7 @@ def validate_profile(
     threads = profile.device.threads
     calibrated = set(profile.calibration.archs) if profile.calibration and skip_calibrated else set()
     points: list[Point] = []
-    for folder in tqdm(folders, desc="validate", disable=not progress):
-        arch, timings = time_model(folder, threads, profile.measurement, decode_contexts, prefill_lengths)
+    for arch, timings in time_models(folders, threads, profile.measurement, decode_contexts, prefill_lengths, rounds=rounds, progress=progress, desc="validate"):
         if arch.short() in calibrated:
             continue  # fitted on: not a test of the model
         for phase, tokens, median, spread in timings:

@@ -1,5 +1,6 @@
 """Profiling a tiny space on ONNX Runtime: an interrupted run resumes to the same profile grid."""
 
+import importlib.util
 import json
 import shutil
 from dataclasses import replace
@@ -12,6 +13,8 @@ from merino_edge.device_profile import DeviceProfile
 from merino_edge.errors import InputError
 from merino_edge.jetson.profile import QUICK, STATE_FILE, Grid, OrtRunners, profile_device
 from merino_edge.search.latency import LatencyModel
+
+HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 
 
 def fresh(tiny, tmp_path, name):
@@ -110,7 +113,8 @@ def test_cpu_clock_needs_one_thread(tiny, tmp_path):
     ("argv", "message"),
     [
         (["profile", "validate"], "name the profile.json to validate"),
-        (["profile", "--backend", "tensorrt"], "tensorrt is not available yet"),
+        pytest.param(["profile", "--backend", "tensorrt"], "TensorRT is not installed", marks=pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed")),
+        (["profile", "--backend", "tensorrt", "--precision", "fp32"], "builds FP16 engines"),
         (["profile", "validate", "missing.json"], "device profile not found: missing.json"),
         (["profile", "--calibration", "-1"], "--calibration must be 0 or more"),
     ],

@@ -9,7 +9,7 @@ import pytest
 
 from merino_edge.export.micro import export_validation_models
 from merino_edge.export.parts import read_graphs
-from merino_edge.jetson.models import random_archs
+from merino_edge.jetson.models import ROUNDS, random_archs, time_models
 from merino_edge.jetson.profile import STATE_FILE, calibration_archs, profile_device
 from merino_edge.jetson.validate import validate_profile
 from merino_edge.search.latency import LatencyModel, Sample, fit_calibration
@@ -65,7 +65,12 @@ def test_a_calibrated_profile_fits_whole_models_resumes_and_validate_leaves_them
     assert min(fit.prefill_scales) > 0 and len(fit.prefill_scales) == 2 and fit.miss_slope >= 0 and fit.decode_mape < 100
     # the fit is the least-squares one over the timings kept in the work dir
     saved = json.loads((workdir / STATE_FILE).read_text())["models"]
-    samples = [Sample(a, phase, tokens, median) for a in archs for phase, tokens, median, _ in saved[a.short()]]
+    assert all(len(saved[a.short()]) == ROUNDS for a in archs)
+    samples = [
+        Sample(a, phase, tokens, float(np.median([run[i][2] for run in saved[a.short()]])))
+        for a in archs
+        for i, (phase, tokens, _, _) in enumerate(saved[a.short()][0])
+    ]
     assert fit_calibration(replace(profile, calibration=None), samples) == fit
     # run again: nothing is timed twice, so the same fit
     assert profile_device(workdir, path, threads=1, grid=grid, calibration=folders, progress=False).calibration == fit
@@ -77,3 +82,26 @@ def test_a_calibrated_profile_fits_whole_models_resumes_and_validate_leaves_them
     assert {p.arch for p in report.points} == {a.short() for a in held_out}
     latency = LatencyModel(profile)
     assert [p.predicted_ms for p in report.points if p.phase == "prefill"] == [latency.prefill_ms(a, 16) for a in held_out]
+
+
+@pytest.mark.slow
+def test_models_are_timed_in_rounds_that_resume_and_keep_their_median(tiny, tmp_path):
+    folders = export_validation_models(random_archs(2, tiny.axes, seed=4, **tiny.model), tmp_path / "models", progress=False)
+    how = tiny.grid.measurement
+    record, updates = {}, []
+
+    def interrupt_at_third():
+        updates.append(1)
+        if len(updates) == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        time_models(folders, 1, how, (10,), (8,), rounds=3, record=record, on_update=interrupt_at_third, progress=False)
+    assert sorted(len(v) for v in record.values()) == [1, 2]  # round 0 of both, round 1 of the first
+    kept = json.loads(json.dumps(record))
+    timed = time_models(folders, 1, how, (10,), (8,), rounds=3, record=record, progress=False)
+    assert all(len(v) == 3 and v[: len(kept[k])] == kept[k] for k, v in record.items())  # nothing timed twice
+    for arch, timings in timed:
+        runs = record[arch.short()]
+        assert [t[:2] for t in timings] == [("decode", 10), ("prefill", 8)]
+        assert [t[2] for t in timings] == [float(np.median([run[i][2] for run in runs])) for i in range(2)]
