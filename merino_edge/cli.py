@@ -73,6 +73,10 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     g.add_argument("--memory-context", type=int, default=2048, help="context of the memory budget (default 2048)")
     g.add_argument("--latency-ms", type=typed(units.parse_ms, "--latency-ms"), help="predicted decode time per token, e.g. 30ms (needs --profile)")
     g.add_argument("--latency-context", type=int, default=512, help="KV-cache length of the latency budget (default 512)")
+    g.add_argument(
+        "--latency-margin", type=typed(units.parse_percent, "--latency-margin"), default=None,
+        help="search this far below --latency-ms, e.g. 5%% (default: the profile's calibration error, 0 without calibration)",
+    )  # fmt: skip
     g.add_argument("--profile", help="device profile JSON from `merino-edge profile`")
     s = p.add_argument_group("search")
     s.add_argument("--blocks", type=int, default=4, help="number of blocks N (default 4)")
@@ -114,7 +118,7 @@ def _run_search(args: argparse.Namespace) -> int:
 
     budget = Budget(
         params=args.params, flops=args.flops, memory=args.memory, latency_ms=args.latency_ms,
-        memory_context=args.memory_context, latency_context=args.latency_context,
+        memory_context=args.memory_context, latency_context=args.latency_context, latency_margin=args.latency_margin,
     )  # fmt: skip
     result = run_search(
         budget, space=space, objective=Objective(args.alpha, args.beta, args.eps), profile=args.profile,

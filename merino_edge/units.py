@@ -56,6 +56,14 @@ def parse_ms(text: str, what: str = "value") -> float:
     return value * _MS[unit]
 
 
+def parse_percent(text: str, what: str = "value") -> float:
+    """A percentage, as a fraction: "5%" -> 0.05, "2.5" -> 0.025; below 100."""
+    value, unit = _split(str(text).strip().removesuffix("%"), what)
+    if unit or value >= 100:
+        raise InputError(f"{what}: {text!r} is not a percentage below 100, e.g. 5%")
+    return value / 100
+
+
 def format_count(value: float, digits: int = 3) -> str:
     """Decimal engineering form: 60_000_000_000 -> "60G", 52_400_000 -> "52.4M"."""
     for suffix, scale in (("T", 1e12), ("G", 1e9), ("M", 1e6), ("K", 1e3)):

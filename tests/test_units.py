@@ -1,7 +1,7 @@
 import pytest
 
 from merino_edge.errors import InputError
-from merino_edge.units import format_count, parse_bytes, parse_count, parse_ms
+from merino_edge.units import format_count, parse_bytes, parse_count, parse_ms, parse_percent
 
 
 @pytest.mark.parametrize(
@@ -23,6 +23,11 @@ def test_parse_ms(text, ms):
     assert parse_ms(text, "--latency-ms") == pytest.approx(ms)
 
 
+@pytest.mark.parametrize("text, fraction", [("5%", 0.05), ("2.5", 0.025), (" 0 % ", 0.0)])
+def test_parse_percent(text, fraction):
+    assert parse_percent(text, "--latency-margin") == pytest.approx(fraction)
+
+
 @pytest.mark.parametrize(
     "parse, text, words",
     [
@@ -34,6 +39,8 @@ def test_parse_ms(text, ms):
         (parse_bytes, "1Gb", ["unknown unit 'Gb'"]),
         (parse_ms, "30min", ["unknown time unit 'min'"]),
         (parse_ms, "-1ms", ["non-negative"]),
+        (parse_percent, "100%", ["percentage below 100"]),
+        (parse_percent, "5ms", ["percentage below 100"]),
     ],
 )
 def test_bad_values_name_the_flag_and_the_text(parse, text, words):

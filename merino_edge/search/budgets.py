@@ -40,6 +40,7 @@ class Budget:
     memory_context: int = 2048
     memory_bytes_per_value: int = 2  # fp16 weights and cache, as on the board
     latency_context: int = 512
+    latency_margin: float | None = None  # search under latency_ms * (1 - margin); None: the profile's fit error (`run_search`)
 
     def __post_init__(self) -> None:
         for name in ("params", "flops", "memory", "latency_ms"):
@@ -52,10 +53,15 @@ class Budget:
         for name in ("memory_context", "latency_context"):
             if getattr(self, name) < 0:
                 raise InputError(f"budget {name}: must be >= 0, got {getattr(self, name)!r}")
+        if self.latency_margin is not None and not 0 <= self.latency_margin < 1:
+            raise InputError(f"budget latency_margin: must be in [0, 1), got {self.latency_margin!r}")
 
     def limits(self) -> dict[str, float]:
-        """The bounded metrics and their limits, in a fixed order."""
-        return {k: getattr(self, k) for k in ("params", "flops", "memory", "latency_ms") if getattr(self, k) is not None}
+        """The bounded metrics and their limits, in a fixed order (the latency less its margin)."""
+        out = {k: getattr(self, k) for k in ("params", "flops", "memory", "latency_ms") if getattr(self, k) is not None}
+        if "latency_ms" in out:
+            out["latency_ms"] *= 1 - (self.latency_margin or 0.0)
+        return out
 
     def describe(self) -> str:
         parts = []
@@ -66,7 +72,8 @@ class Budget:
         if self.memory is not None:
             parts.append(f"memory <= {format_count(self.memory)}B (weights + KV at {self.memory_context} tokens)")
         if self.latency_ms is not None:
-            parts.append(f"decode latency <= {self.latency_ms:g} ms (context {self.latency_context})")
+            margin = f", searched {100 * self.latency_margin:.3g} % below it" if self.latency_margin else ""
+            parts.append(f"decode latency <= {self.latency_ms:g} ms (context {self.latency_context}{margin})")
         return ", ".join(parts) or "unbounded"
 
     def to_json(self) -> dict:

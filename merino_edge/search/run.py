@@ -170,6 +170,10 @@ def run_search(
         from merino_edge.search.latency import LatencyModel
 
         latency = LatencyModel.from_file(profile, axes=space.axes)
+        if budget.latency_ms is not None and budget.latency_margin is None:
+            # Room for the latency model's own error: the decode MAPE of its calibration fit.
+            fit = latency.profile.calibration
+            budget = dataclasses.replace(budget, latency_margin=round(fit.decode_mape / 100, 4) if fit else 0.0)
     sweep_spec = Sweep.parse(pareto) if isinstance(pareto, str) else pareto
 
     costs = Costs(space, budget, latency)

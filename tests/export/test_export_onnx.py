@@ -121,8 +121,10 @@ def memorized(tmp_path_factory):
     model = tiny_model(arch, seed=7).train()
     sequence = torch.tensor(np.random.default_rng(3).integers(4, arch.vocab_size, 16))[None]
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(80):
+    for _ in range(300):  # about 80 steps; the thread count earlier tests leave changes the rounding, and so the path
         loss = model(sequence, labels=sequence, use_cache=False).loss
+        if loss.item() < 0.05:
+            break
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -132,7 +134,7 @@ def memorized(tmp_path_factory):
     return arch, sequence[0].tolist(), export_onnx(model, out / "model.onnx"), export_onnx(model, out / "model.fp16.onnx", fp16=True)
 
 
-@pytest.mark.slow  # trains the tiny model for 80 steps first
+@pytest.mark.slow  # trains the tiny model for about 80 steps first
 def test_fp16_graph_keeps_fp32_logits_and_its_greedy_tokens_match_fp32(memorized):
     arch, sequence, fp32_path, fp16_path = memorized
     fp16 = session(fp16_path)

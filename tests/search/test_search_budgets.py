@@ -62,6 +62,14 @@ def test_bad_budgets_are_input_errors(kw, word):
         Budget(**kw)
 
 
+def test_the_latency_limit_is_the_budget_less_its_margin():
+    assert Budget(latency_ms=20.0, latency_margin=0.05).limits()["latency_ms"] == pytest.approx(19.0)
+    assert Budget(latency_ms=20.0).limits()["latency_ms"] == 20.0
+    assert "5 % below it" in Budget(latency_ms=20.0, latency_margin=0.05).describe()
+    with pytest.raises(InputError, match="latency_margin"):
+        Budget(latency_ms=20.0, latency_margin=1.0)
+
+
 def test_latency_budget_needs_a_profile():
     with pytest.raises(InputError, match="profile"):
         Costs(SMALL, Budget(latency_ms=10.0))

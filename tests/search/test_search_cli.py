@@ -1,12 +1,15 @@
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
+from cache_profiles import calibrated
 
-from merino_edge.arch import load_arch
+from merino_edge.arch import Axes, load_arch
 from merino_edge.cli import main
 from merino_edge.search.entropy import EntropyTable
+from merino_edge.search.space import SearchSpace
 
 PROFILE = Path(__file__).parent / "data" / "search_profile.json"
 SMALL = ["--widths", "64,128,256", "--ratios", "1,2", "--depths", "1,2", "--blocks", "3", "--iterations", "2000", "--population", "64", "--parents", "8"]
@@ -46,6 +49,23 @@ def test_latency_budget_with_a_profile(tmp_path, capsys):
     assert record["costs"]["decode_latency_ms"] <= 25.9
     assert record["profile"] == str(PROFILE)
     assert "predicted decode latency" in out
+
+
+def test_a_calibrated_profile_searches_below_the_budget_by_its_fit_error(tmp_path, capsys):
+    """The chosen arch is predicted under the budget less the calibration's decode MAPE (default), or less --latency-margin."""
+    space = SearchSpace(Axes(widths=(64, 128, 256), ratios=(1.0, 2.0), depths=(1, 2)), blocks=3)
+    profile = calibrated(json.loads(PROFILE.read_text()), space, context=512)
+    profile = dataclasses.replace(profile, calibration=dataclasses.replace(profile.calibration, decode_mape=6.0))
+    path = profile.save(tmp_path / "calibrated.json")
+    for extra, margin in (([], 0.06), (["--latency-margin", "2%"], 0.02), (["--latency-margin", "0"], 0.0)):
+        out_path = tmp_path / "arch.json"
+        code, out, err = run(capsys, *SMALL, "--latency-ms", "40ms", "--profile", str(path), *extra, "--out", str(out_path))
+        assert code == 0, err
+        record = json.loads(out_path.read_text())["search"]
+        assert record["budget"]["latency_margin"] == margin
+        assert record["costs"]["decode_latency_ms"] <= 40 * (1 - margin)
+        assert record["costs"]["decode_latency_ms"] > 40 * (1 - margin) * 0.9  # the budget binds
+        assert ("below it" in out) == (margin > 0)
 
 
 def test_pareto_sweep_writes_csv_and_png(tmp_path, capsys):
