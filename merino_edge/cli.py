@@ -406,7 +406,7 @@ def _run_complete(args: argparse.Namespace) -> int:
 
 def _add_profile(p: argparse.ArgumentParser) -> None:
     p.usage = (
-        "merino-edge profile [--backend ort|torch] [--precision fp32|fp16] [--threads N] [--quick] [--clock wall|cpu] [--calibration 8] [--out profile.json] [--workdir DIR] [--export-only]\n"
+        "merino-edge profile [--backend ort|tensorrt|torch] [--precision fp32|fp16] [--threads N] [--quick] [--clock wall|cpu] [--calibration 8] [--out profile.json] [--workdir DIR] [--export-only]\n"
         "       merino-edge profile validate PROFILE.json [--archs 30 | --arch arch.json] [--contexts 100 1000] [--out DIR] [--workdir DIR]"
     )
     p.add_argument("action", nargs="?", choices=["validate"], help="validate: time random whole models against PROFILE's predictions")
@@ -422,7 +422,7 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", default=None, help="micro-graphs and partial results, kept for resuming (default: beside --out)")
     p.add_argument("--export-only", action="store_true", help="only export the micro-graphs into --workdir (where torch is), for a board without torch")
     p.add_argument(
-        "--calibration", type=int, default=8, help="whole random models to fit the cache share and prefill scale on (ort backend; 0: none; default 8)"
+        "--calibration", type=int, default=8, help="whole random models to fit the cache share and prefill scales on (ort backend; 0: none; default 8)"
     )
     p.add_argument("--archs", type=int, default=30, help="validate: random architectures to time (default 30)")
     p.add_argument("--seed", type=int, default=0, help="validate: seed of the random architectures")

@@ -94,13 +94,6 @@ class LatencyModel:
         mu = np.clip(c.miss_intercept + c.miss_slope * np.log(np.maximum(traffic, 1.0) / MIB), 0.0, 1.0)
         return mu if isinstance(traffic, np.ndarray) else float(mu)
 
-    def traffic_at(self, mu: float) -> float:
-        """The traffic (bytes) at which mu reaches `mu` (inf when mu never grows)."""
-        c = self.profile.calibration
-        if not self.cache_aware or c.miss_slope < 0:
-            return float("inf")
-        return MIB * float(np.exp((mu - c.miss_intercept) / c.miss_slope))
-
     # -------------------------------------------------------------- parts
 
     @staticmethod

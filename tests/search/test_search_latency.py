@@ -100,9 +100,8 @@ def test_a_calibrated_step_pays_mu_of_the_cold_penalty():
     assert terms.penalty == pytest.approx(terms.warm - 2 * RAW["overhead_ms"] + 0.5)  # parts: cold is twice warm; overhead 0.5 cold
     assert model.decode_ms(ARCH, 512) == pytest.approx(terms.warm + mu * terms.penalty, rel=1e-12)
     assert model.decode_ms(ARCH, 512) < cold.decode_ms(ARCH, 512) == pytest.approx(terms.warm + terms.penalty)
-    # clipped to [0, 1] outside the range, and traffic_at inverts it inside
+    # clipped to [0, 1] outside the range
     assert model.miss_fraction(1.0) == 0.0 and model.miss_fraction(1e15) == 1.0
-    assert model.miss_fraction(model.traffic_at(0.3)) == pytest.approx(0.3)
     assert model.prefill_ms(ARCH, 128) == pytest.approx(RAW["overhead_ms"] + 1.1 * cold.prefill_parts_ms(ARCH, 128))
     # between profiled lengths the scale is interpolated in ln(length): halfway between 128 and 1024 tokens is 362
     assert model.prefill_ms(ARCH, 362) == pytest.approx(RAW["overhead_ms"] + 1.075 * cold.prefill_parts_ms(ARCH, 362), rel=1e-3)
