@@ -15,7 +15,7 @@ TINY_GRID = {
     "repetitions": 3,
     "max_repetitions": 5,
     "seconds_per_point": 0.02,
-    "flush_bytes": 0,
+    "flush_bytes": 4 << 20,
     "quick": True,
 }
 
@@ -35,6 +35,7 @@ def test_quickstart_end_to_end_then_reuses_everything(tmp_path, capsys):
         threads=1,
         max_tokens=8,
         profile_grid=TINY_GRID,
+        calibration=2,
         progress=False,
     )
     summary = run_quickstart(cfg)
@@ -47,6 +48,7 @@ def test_quickstart_end_to_end_then_reuses_everything(tmp_path, capsys):
     # The search ran under a latency budget taken from the measured profile.
     assert record["budget"]["latency_ms"] > 0
     assert record["costs"]["decode_latency_ms"] <= record["budget"]["latency_ms"]
+    assert len(json.loads((work / "profile.json").read_text())["calibration"]["archs"]) == 2
     trained = json.loads((work / "checkpoint" / "train_result.json").read_text())
     assert trained["steps"] == 6 and trained["val_loss"] > 0
     assert Bundle.load(work / "bundle").arch == arch
