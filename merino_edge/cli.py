@@ -421,6 +421,7 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="profile: the JSON to write (default profile.json); validate: a folder (default validation/)")
     p.add_argument("--workdir", default=None, help="micro-graphs and partial results, kept for resuming (default: beside --out)")
     p.add_argument("--export-only", action="store_true", help="only export the micro-graphs into --workdir (where torch is), for a board without torch")
+    # 8: on the development machine 12 models fitted no better on held-out ones (docs/device-profile.md).
     p.add_argument(
         "--calibration", type=int, default=8, help="whole random models to fit the cache share and prefill scales on (ort backend; 0: none; default 8)"
     )
@@ -458,9 +459,9 @@ def _run_profile(args: argparse.Namespace) -> int:
         print(validate_profile(args.profile, folders, out, decode_contexts=contexts, skip_calibrated=not args.arch).summary())
         print(f"wrote {out / 'validation.json'} and {out / 'validation.png'}")
         return 0
-    from merino_edge.export.parts import GRAPHS_FILE, read_graphs
+    from merino_edge.export.parts import GRAPHS_FILE
     from merino_edge.jetson.models import model_dirs
-    from merino_edge.jetson.profile import CALIBRATION_DIR, calibration_archs, profile_device, summary
+    from merino_edge.jetson.profile import CALIBRATION_DIR, profile_device, summary
 
     precision = args.precision or ("fp16" if args.backend == "tensorrt" else "fp32")
     if args.backend == "tensorrt" and precision != "fp16":
@@ -487,8 +488,7 @@ def _run_profile(args: argparse.Namespace) -> int:
     calibration = None
     if args.calibration and args.backend == "ort":
         if micro is not None:
-            archs = calibration_archs(read_graphs(workdir), args.calibration)
-            calibration = micro.export_validation_models(archs, workdir / CALIBRATION_DIR, precision=precision)
+            calibration = micro.export_calibration_models(workdir, args.calibration, precision=precision)
         else:
             calibration = model_dirs(workdir / CALIBRATION_DIR)[: args.calibration]
     if args.export_only:

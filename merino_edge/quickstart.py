@@ -82,9 +82,8 @@ class Quickstart:
     # ------------------------------------------------------------ stages
 
     def profile(self) -> None:
-        from merino_edge.export.micro import export_micro_graphs, export_validation_models
-        from merino_edge.export.parts import read_graphs
-        from merino_edge.jetson.profile import CALIBRATION_DIR, QUICK, Grid, calibration_archs, profile_device
+        from merino_edge.export.micro import export_calibration_models, export_micro_graphs
+        from merino_edge.jetson.profile import QUICK, Grid, profile_device
 
         out = self.paths["profile"]
         if out.exists():
@@ -93,8 +92,7 @@ class Quickstart:
         _say(f"profile: timing every (E, R) layer of the quickstart space and {self.cfg.calibration} whole models on ONNX Runtime (CPU)")
         work = self.dir / "profile.work"
         export_micro_graphs(work, axes=self.cfg.axes, progress=self.cfg.progress, **self._model())
-        archs = calibration_archs(read_graphs(work), self.cfg.calibration) if self.cfg.calibration else []
-        calibration = export_validation_models(archs, work / CALIBRATION_DIR, progress=self.cfg.progress) or None
+        calibration = export_calibration_models(work, self.cfg.calibration, progress=self.cfg.progress) if self.cfg.calibration else None
         grid = Grid.from_json(self.cfg.profile_grid) if self.cfg.profile_grid else Grid(PROFILE_CONTEXTS, PROFILE_LENGTHS, QUICK.measurement)
         profile_device(work, out, threads=self.cfg.threads, grid=grid, calibration=calibration, progress=self.cfg.progress)
 

@@ -26,8 +26,9 @@ from merino_edge.arch import TABLE5, ArchSpec, Axes, Block, load_arch, save_arch
 from merino_edge.device_profile import BackendInfo
 from merino_edge.errors import InputError
 from merino_edge.export.onnx import MIN_OPSET, _ExplicitCache, export_module, export_onnx
-from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE, GRAPHS_FILE, dims, example_input, graphs_index
+from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE, GRAPHS_FILE, dims, example_input, graphs_index, read_graphs
 from merino_edge.fileio import write_json_atomic
+from merino_edge.jetson.profile import CALIBRATION_DIR, calibration_archs
 from merino_edge.model.modeling import MeRinoLayer, MeRinoLayerNorm, attention_bias
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -196,6 +197,12 @@ def export_validation_models(archs: list[ArchSpec], models_dir: str | Path, *, p
         export_onnx(model, folder / GRAPH_FILE, fp16=precision == "fp16")
         save_arch(folder / ARCH_FILE, arch)  # last: marks the folder complete
     return folders
+
+
+def export_calibration_models(workdir: str | Path, n: int, *, precision: str = "fp32", progress: bool = True) -> list[Path]:
+    """The `n` whole models a profile of the micro-graphs in `workdir` calibrates on, exported into its calibration folder."""
+    archs = calibration_archs(read_graphs(workdir), n)
+    return export_validation_models(archs, Path(workdir) / CALIBRATION_DIR, precision=precision, progress=progress)
 
 
 # ------------------------------------------------------------ torch backend

@@ -61,11 +61,10 @@ def model_dirs(models_dir: str | Path) -> list[Path]:
     return dirs
 
 
-def time_model(
-    folder: Path, threads: int | None, how: Measurement, decode_contexts: tuple[int, ...], prefill_lengths: tuple[int, ...]
-) -> tuple[ArchSpec, list[tuple[str, int, float, float]]]:
-    """The arch in `folder` and its (phase, tokens, median ms, IQR ms) at every decode context and prompt length."""
-    arch = load_arch(folder / ARCH_FILE)
+def _time_model(
+    folder: Path, arch: ArchSpec, threads: int | None, how: Measurement, decode_contexts: tuple[int, ...], prefill_lengths: tuple[int, ...]
+) -> list[tuple[str, int, float, float]]:
+    """(phase, tokens, median ms, IQR ms) of the model in `folder` at every decode context and prompt length."""
     session = ort_session(folder / GRAPH_FILE, threads)
     inputs, outputs = graph_shapes(arch)
     grid = [("decode", 1, c) for c in decode_contexts] + [("prefill", s, 0) for s in prefill_lengths]
@@ -74,7 +73,7 @@ def time_model(
         run = ort_runner(session, inputs, outputs, seq_len, past_len, arch.vocab_size)
         median, spread, _ = measure(run, how)
         out.append((phase, past_len if phase == "decode" else seq_len, median, spread))
-    return arch, out
+    return out
 
 
 ROUNDS = 3  # whole models are timed in rounds over all of them; a point keeps the median of its rounds
@@ -107,7 +106,7 @@ def time_models(
     archs = [load_arch(folder / ARCH_FILE) for folder in folders]
     todo = [(r, folder, arch) for r in range(rounds) for folder, arch in zip(folders, archs, strict=True) if len(record.get(arch.short(), [])) <= r]
     for _, folder, arch in tqdm(todo, desc=desc, disable=not progress):
-        _, timings = time_model(folder, threads, how, decode_contexts, prefill_lengths)
+        timings = _time_model(folder, arch, threads, how, decode_contexts, prefill_lengths)
         record.setdefault(arch.short(), []).append([list(t) for t in timings])
         if on_update is not None:
             on_update()

@@ -48,7 +48,6 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "partial.json"
 CALIBRATION_DIR = "calibration"  # whole models to calibrate on, exported beside the micro-graphs
-CALIBRATION_ARCHS = 8  # held-out tests on this machine: 8 models fit the cache share as well as 12
 CALIBRATION_SEED = 1  # profile validate draws with seed 0 by default, and leaves these out anyway
 
 # runners(part, seq_len, past_len) -> a callable that runs the part once (synchronously);
