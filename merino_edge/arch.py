@@ -33,6 +33,14 @@ PROJ_DIM = 768
 MAX_POSITIONS = 2048
 VOCAB_SIZE = 32000
 FLOPS_SEQ_LEN = 1024
+# How a FLOPs number is counted.  "full" is this project's: 2 x multiply-accumulates of
+# every matmul, LM head included.  "paper" is the MeRino paper's (its 60/110/160 G):
+# one multiply-accumulate is one FLOP and the LM head is left out.  Embedding lookups
+# are no matmuls and count in neither.
+FLOPS_CONVENTIONS = {
+    "full": "2 x MACs of every matmul, LM head included",
+    "paper": "1 FLOP per MAC, LM head left out: the paper's count",
+}
 
 
 @dataclass(frozen=True)
@@ -94,6 +102,14 @@ class FlopsBreakdown:
     @property
     def total(self) -> int:
         return self.embedding + self.head + self.blocks
+
+    def count(self, convention: str = "full") -> int:
+        """The total in one of FLOPS_CONVENTIONS."""
+        if convention == "full":
+            return self.total
+        if convention == "paper":
+            return (self.total - self.head) // 2
+        raise InputError(f"FLOPs convention {convention!r} is not one of {', '.join(FLOPS_CONVENTIONS)}")
 
 
 @dataclass(frozen=True)

@@ -37,9 +37,22 @@ def fail(message: str) -> None:
 # ---------------------------------------------------------------- search (#2)
 
 
+class _Preset(argparse.Action):
+    """`--preset NAME`: the preset's settings, except those a flag on the command line sets."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        from merino_edge.search.presets import PRESETS
+
+        for dest, setting in PRESETS[value].items():
+            if getattr(namespace, dest) == parser.get_default(dest):
+                setattr(namespace, dest, setting)
+        setattr(namespace, self.dest, value)
+
+
 def _add_search(p: argparse.ArgumentParser) -> None:
     from merino_edge import units
-    from merino_edge.arch import MAX_POSITIONS, PROJ_DIM, VOCAB_SIZE
+    from merino_edge.arch import FLOPS_CONVENTIONS, MAX_POSITIONS, PROJ_DIM, VOCAB_SIZE
+    from merino_edge.search.presets import PRESETS
 
     def typed(parse, what):
         def convert(text):
@@ -68,7 +81,11 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", nargs="?", choices=["build-table"], help="build-table: Monte-Carlo the entropy of every matrix shape of the space")
     g = p.add_argument_group("budgets (K, M, G, T decimal; Ki, Mi, Gi, Ti binary)")
     g.add_argument("--params", type=typed(units.parse_count, "--params"), help="unique parameters, e.g. 64M")
-    g.add_argument("--flops", type=typed(units.parse_count, "--flops"), help="forward FLOPs at batch 1, sequence 1024 (LM head included), e.g. 60G")
+    g.add_argument("--flops", type=typed(units.parse_count, "--flops"), help="forward FLOPs at batch 1, sequence 1024, e.g. 60G")
+    g.add_argument(
+        "--flops-convention", choices=list(FLOPS_CONVENTIONS), default="full",
+        help="how --flops counts: full = 2 x MACs of every matmul, LM head included (default); paper = MACs, LM head left out (the paper's 60/110/160G)",
+    )  # fmt: skip
     g.add_argument("--memory", type=typed(units.parse_bytes, "--memory"), help="fp16 weights + KV cache at --memory-context tokens, e.g. 1G or 512Mi")
     g.add_argument("--memory-context", type=int, default=2048, help="context of the memory budget (default 2048)")
     g.add_argument("--latency-ms", type=typed(units.parse_ms, "--latency-ms"), help="predicted decode time per token, e.g. 30ms (needs --profile)")
@@ -79,6 +96,11 @@ def _add_search(p: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     g.add_argument("--profile", help="device profile JSON from `merino-edge profile`")
     s = p.add_argument_group("search")
+    s.add_argument(
+        "--preset", choices=list(PRESETS), action=_Preset,
+        help="paper: the paper's own search (vocabulary 50272, P 768, 2048 positions, N 4, Table 5, T/M/K 100000/512/64, "
+        "alpha 0.6,0.4, beta 1/16, --flops-convention paper); flags on the command line override it",
+    )  # fmt: skip
     s.add_argument("--blocks", type=int, default=4, help="number of blocks N (default 4)")
     s.add_argument("--iterations", type=int, default=100_000, help="T: mutations (default 100000)")
     s.add_argument("--population", type=int, default=512, help="M (default 512)")
@@ -119,6 +141,7 @@ def _run_search(args: argparse.Namespace) -> int:
     budget = Budget(
         params=args.params, flops=args.flops, memory=args.memory, latency_ms=args.latency_ms,
         memory_context=args.memory_context, latency_context=args.latency_context, latency_margin=args.latency_margin,
+        flops_convention=args.flops_convention,
     )  # fmt: skip
     result = run_search(
         budget, space=space, objective=Objective(args.alpha, args.beta, args.eps), profile=args.profile,

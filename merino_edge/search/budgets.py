@@ -20,7 +20,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from merino_edge.arch import FLOPS_SEQ_LEN, ArchSpec, Block
+from merino_edge.arch import FLOPS_CONVENTIONS, FLOPS_SEQ_LEN, ArchSpec, Block
 from merino_edge.errors import InputError
 from merino_edge.search.space import DEPTH, RATIO, WIDTH, SearchSpace
 from merino_edge.units import format_count
@@ -33,10 +33,11 @@ class Budget:
     """Upper bounds an architecture must meet; None means unbounded."""
 
     params: int | None = None  # unique parameters
-    flops: int | None = None  # forward FLOPs at batch 1 over `flops_seq_len` tokens
+    flops: int | None = None  # forward FLOPs at batch 1 over `flops_seq_len` tokens, counted by `flops_convention`
     memory: int | None = None  # bytes: weights + KV cache at `memory_context` tokens
     latency_ms: float | None = None  # predicted decode ms per token at `latency_context`
     flops_seq_len: int = FLOPS_SEQ_LEN
+    flops_convention: str = "full"  # one of arch.FLOPS_CONVENTIONS; a record without it was counted "full"
     memory_context: int = 2048
     memory_bytes_per_value: int = 2  # fp16 weights and cache, as on the board
     latency_context: int = 512
@@ -53,6 +54,8 @@ class Budget:
         for name in ("memory_context", "latency_context"):
             if getattr(self, name) < 0:
                 raise InputError(f"budget {name}: must be >= 0, got {getattr(self, name)!r}")
+        if self.flops_convention not in FLOPS_CONVENTIONS:
+            raise InputError(f"budget flops_convention: {self.flops_convention!r} is not one of {', '.join(FLOPS_CONVENTIONS)}")
         if self.latency_margin is not None and not 0 <= self.latency_margin < 1:
             raise InputError(f"budget latency_margin: must be in [0, 1), got {self.latency_margin!r}")
 
@@ -68,7 +71,7 @@ class Budget:
         if self.params is not None:
             parts.append(f"params <= {format_count(self.params)}")
         if self.flops is not None:
-            parts.append(f"FLOPs <= {format_count(self.flops)} (S={self.flops_seq_len})")
+            parts.append(f"FLOPs <= {format_count(self.flops)} ({self.flops_convention}: {FLOPS_CONVENTIONS[self.flops_convention]}; S={self.flops_seq_len})")
         if self.memory is not None:
             parts.append(f"memory <= {format_count(self.memory)}B (weights + KV at {self.memory_context} tokens)")
         if self.latency_ms is not None:
@@ -90,7 +93,7 @@ def metric_functions(budget: Budget, latency=None) -> dict[str, Callable[[ArchSp
     """How each bounded metric prices a whole architecture (the cost model's own answer)."""
     out = {
         "params": lambda a: a.params(),
-        "flops": lambda a: a.flops(budget.flops_seq_len).total,
+        "flops": lambda a: a.flops(budget.flops_seq_len).count(budget.flops_convention),
         "memory": lambda a: a.memory_bytes(budget.memory_context, budget.memory_bytes_per_value),
     }
     if latency is not None:

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from merino_edge.arch import ArchSpec, save_arch
+from merino_edge.arch import FLOPS_CONVENTIONS, ArchSpec, save_arch
 from merino_edge.errors import InputError
 from merino_edge.search.budgets import Budget, Costs, metric_functions
 from merino_edge.search.entropy import entropy_source
@@ -57,7 +57,9 @@ class SearchResult:
         out = {
             "params": a.params(),
             "executed_params": a.executed_params(),
-            "flops": flops.total,
+            "flops": flops.count(b.flops_convention),  # in the budget's convention
+            "flops_convention": b.flops_convention,
+            **{f"flops_{name}": flops.count(name) for name in FLOPS_CONVENTIONS},
             "flops_seq_len": flops.seq_len,
             "flops_head": flops.head,
             "flops_embedding": flops.embedding,
@@ -111,8 +113,9 @@ class SearchResult:
             "",
             f"arch: {a.short()}",
             f"params: {format_count(a.params())} unique ({format_count(a.non_embedding_params())} in layers), {format_count(a.executed_params())} executed",
-            f"FLOPs (S={flops.seq_len}): {format_count(flops.total)} = LM head {format_count(flops.head)}"
+            f"FLOPs (S={flops.seq_len}), full: {format_count(flops.total)} = LM head {format_count(flops.head)}"
             f" + projections {format_count(flops.embedding)} + blocks {format_count(flops.blocks)}",
+            f"FLOPs (S={flops.seq_len}), paper: {format_count(flops.count('paper'))} = (projections + blocks) / 2",
             f"memory (fp{8 * b.memory_bytes_per_value}): weights {format_count(a.weight_bytes(b.memory_bytes_per_value))}B"
             f" + KV cache at {b.memory_context} tokens {format_count(b.memory_context * a.kv_cache_bytes_per_token(b.memory_bytes_per_value))}B"
             f" = {format_count(a.memory_bytes(b.memory_context, b.memory_bytes_per_value))}B",

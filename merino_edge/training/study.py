@@ -284,7 +284,8 @@ def run_study(cfg: StudyConfig, *, resume: bool = False) -> StudyReport:
             val_loss = next((r["val_loss"] for r in reversed(result.history) if "val_loss" in r), None)
             if val_loss is None:
                 raise InputError(f"study: {aid} has no validation loss: the validation split is empty (raise --val-fraction)")
-            record = {"id": aid, "arch": arch.to_json(), "proxies": proxies(arch, cfg), "val_loss": val_loss, "steps": result.steps, "tokens": result.tokens}
+            record = {"id": aid, "arch": arch.to_json(), "proxies": proxies(arch, cfg), "val_loss": val_loss, "steps": result.steps, "tokens": result.tokens,
+                      "elapsed_s": result.elapsed_s, "tokens_per_s": result.tokens_per_s}
             append_result(out / RESULTS_FILE, record)
             results[aid] = record
     return write_report(cfg, [results[f"a{i:03d}"] for i in range(len(archs))], out)

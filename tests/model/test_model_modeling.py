@@ -58,6 +58,15 @@ def test_flop_counter_equals_the_cost_model_term_by_term(arch_and_model):
     assert tuple(per_block) == expected.per_block
 
 
+def test_paper_flops_are_the_flop_counters_macs_without_the_head(arch_and_model):
+    arch, model = arch_and_model
+    seq = 12
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.randint(0, arch.vocab_size, (1, seq)), use_cache=False)
+    head = sum(counter.get_flop_counts()["MeRinoForCausalLM.lm_head"].values())
+    assert arch.flops(seq).count("paper") * 2 == counter.get_total_flops() - head  # the counter counts 2 FLOPs per MAC
+
+
 def test_kv_cache_has_one_layer_per_execution_with_the_block_heads(arch_and_model):
     arch, model = arch_and_model
     with torch.no_grad():

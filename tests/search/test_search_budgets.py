@@ -28,6 +28,25 @@ def test_tabulated_costs_equal_the_cost_model_on_random_archs():
         assert values["memory"][i] == arch.memory_bytes(1000, 4)
 
 
+def test_tabulated_paper_flops_equal_the_cost_model_in_that_convention():
+    space = SearchSpace(vocab_size=50272)
+    costs = Costs(space, Budget(flops=10**15, flops_convention="paper"))
+    genomes = space.sample(np.random.default_rng(3), 200)
+    values = costs.evaluate(genomes)["flops"]
+    for genome, value in zip(genomes, values, strict=True):
+        flops = space.to_arch(genome).flops()
+        assert value == flops.count("paper") == (flops.total - flops.head) // 2
+
+
+def test_a_budget_without_a_flops_convention_reads_as_full():
+    paper = Budget(flops=110 * 10**9, flops_convention="paper")
+    assert Budget.from_json(paper.to_json()).flops_convention == "paper"
+    old = {k: v for k, v in paper.to_json().items() if k != "flops_convention"}
+    assert Budget.from_json(old).flops_convention == "full"
+    with pytest.raises(InputError, match="flops_convention"):
+        Budget(flops=1, flops_convention="macs")
+
+
 def test_tabulated_latency_equals_the_latency_model():
     latency = LatencyModel.from_file(PROFILE, axes=SMALL.axes)
     costs = Costs(SMALL, Budget(latency_ms=100.0, latency_context=300), latency)

@@ -8,6 +8,7 @@ from cache_profiles import calibrated
 
 from merino_edge.arch import Axes, load_arch
 from merino_edge.cli import main
+from merino_edge.search.budgets import Budget
 from merino_edge.search.entropy import EntropyTable
 from merino_edge.search.space import SearchSpace
 
@@ -39,6 +40,38 @@ def test_search_writes_arch_json_with_the_search_record(tmp_path, capsys):
     assert record["ea_percent_of_exact"] == pytest.approx(100.0)
     for word in ("E", "H_MHA", "g_FFN", "LM head", "EA reaches", arch.short()):
         assert word in out
+
+
+def test_both_flops_conventions_are_recorded_and_read_back(tmp_path, capsys):
+    for convention in ("full", "paper"):
+        out_path = tmp_path / f"{convention}.json"
+        code, out, err = run(capsys, *SMALL, "--flops", "60G", "--flops-convention", convention, "--out", str(out_path))
+        assert code == 0, err
+        arch = load_arch(out_path)
+        record = json.loads(out_path.read_text())["search"]
+        budget = Budget.from_json(record["budget"])
+        assert budget.flops_convention == record["costs"]["flops_convention"] == convention
+        assert record["costs"]["flops_full"] == arch.flops().total
+        assert record["costs"]["flops_paper"] == (arch.flops().total - arch.flops().head) // 2
+        assert record["costs"]["flops"] == record["costs"][f"flops_{convention}"] <= 60e9
+        assert f"FLOPs <= 60G ({convention}:" in out and "paper: " in out
+
+
+def test_the_paper_preset_is_the_papers_search_and_flags_override_it(tmp_path, capsys):
+    out_path = tmp_path / "arch.json"
+    code, out, err = run(capsys, "--preset", "paper", "--flops", "110G", "--out", str(out_path))
+    assert code == 0, err
+    arch = load_arch(out_path)
+    record = json.loads(out_path.read_text())["search"]
+    assert (arch.vocab_size, arch.proj_dim, arch.max_positions, len(arch.blocks)) == (50272, 768, 2048, 4)
+    assert record["budget"]["flops_convention"] == "paper" and record["costs"]["flops_paper"] <= 110e9
+    assert record["evolution"]["mutations"] == 100_000
+    assert arch.params() == pytest.approx(61e6, rel=0.01)  # Table 2's MeRino-61M at 110G
+    code, out, err = run(capsys, "--vocab-size", "1024", "--preset", "paper", *SMALL[:6], "--flops-convention", "full", "--flops", "6G", "--out", str(out_path))
+    assert code == 0, err
+    arch = load_arch(out_path)
+    assert arch.vocab_size == 1024 and arch.proj_dim == 768 and len(arch.blocks) == 4
+    assert json.loads(out_path.read_text())["search"]["budget"]["flops_convention"] == "full"
 
 
 def test_latency_budget_with_a_profile(tmp_path, capsys):
@@ -104,6 +137,8 @@ def test_build_table_writes_a_table_for_the_given_axes(tmp_path, capsys):
         (["--widths", "64,100"], ["multiple"]),
         (["--alpha", "0.5"], ["alpha"]),
         (["--parents", "600"], ["parents"]),
+        (["--flops-convention", "macs"], ["--flops-convention", "invalid choice"]),
+        (["--preset", "opt"], ["--preset", "invalid choice"]),
     ],
 )
 def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, words):
