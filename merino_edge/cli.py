@@ -590,10 +590,28 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     q.add_argument("--eps", type=float, default=1e-3, help="entropy eps (default 1e-3)")
     q.add_argument("--alpha", default="0.6,0.4", help="entropy weights alpha1,alpha2 (default 0.6,0.4)")
     q.add_argument("--beta", type=float, default=1 / 16, help="effectiveness weight beta (default 1/16)")
+    r = kinds.add_parser("report", help="recompute a study's report.md, report.json and plots from the architectures finished so far")
+    r.add_argument("study_dir", metavar="STUDY", help="a `study proxy` folder (it may still be running)")
+    t = kinds.add_parser("pairs", help="the paper's Table 1 (wide vs deep, equal params) and Table 4 (shared vs unshared, equal FLOPs) pairs, trained like a study")
+    t.add_argument("--study", dest="study_dir", required=True, help="a `study proxy` folder: its recipe, tokenizer, data and budget are used")
+    t.add_argument("--out", required=True, help="folder for results.jsonl, models/, pairs.json and pairs.md")
+    t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the study's)")
+    t.add_argument("--resume", action="store_true", help="continue a killed run in --out (finished models are not trained again)")
 
 
 def _run_study(args: argparse.Namespace) -> int:
     from merino_edge.arch import TABLE5, Axes
+
+    if args.study == "report":
+        from merino_edge.training.study import report_study
+
+        print(report_study(args.study_dir).tables())
+        return 0
+    if args.study == "pairs":
+        from merino_edge.training.paper_pairs import run_pairs
+
+        print(run_pairs(args.study_dir, args.out, device=args.device, resume=args.resume))
+        return 0
     from merino_edge.training.study import StudyConfig, parse_budget, run_study
     from merino_edge.units import parse_count
 

@@ -42,3 +42,20 @@ def kendall_tau(x, y) -> float:
     sx, sy = np.sign(x[i] - x[j]), np.sign(y[i] - y[j])
     denom = math.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
     return float((sx * sy).sum() / denom) if denom else math.nan
+
+
+def bootstrap_interval(statistic, x, y, *, samples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+    """Percentile bootstrap interval of `statistic(x, y)`, resampling the (x, y) pairs.
+
+    Resamples on which the statistic is undefined (nan: one side constant) are left out.
+    """
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(x), size=(samples, len(x)))
+    values = np.array([statistic(x[p], y[p]) for p in picks])
+    values = values[~np.isnan(values)]
+    if not len(values):
+        return math.nan, math.nan
+    tail = 100 * (1 - level) / 2
+    low, high = np.percentile(values, [tail, 100 - tail])
+    return float(low), float(high)

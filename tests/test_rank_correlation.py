@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 from scipy.stats import spearmanr
 
-from merino_edge.rank_correlation import kendall_tau, rankdata, spearman
+from merino_edge.rank_correlation import bootstrap_interval, kendall_tau, rankdata, spearman
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -35,3 +35,17 @@ def test_spearman_matches_scipy_with_ties():
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 6, 40), rng.normal(size=40)
     assert spearman(a, b) == pytest.approx(spearmanr(a, b).statistic)
+
+
+def test_bootstrap_interval_agrees_with_scipys_percentile_bootstrap():
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=24)
+    y = x + rng.normal(scale=1.5, size=24)
+    for statistic in (spearman, kendall_tau):
+        low, high = bootstrap_interval(statistic, x, y, samples=4000, seed=1)
+        theirs = stats.bootstrap((x, y), statistic, paired=True, vectorized=False, n_resamples=4000, method="percentile", rng=np.random.default_rng(2))
+        assert low < statistic(x, y) < high
+        assert low == pytest.approx(theirs.confidence_interval.low, abs=0.05)
+        assert high == pytest.approx(theirs.confidence_interval.high, abs=0.05)
+    assert bootstrap_interval(spearman, x, 2 * x) == (1.0, 1.0)
+    assert all(math.isnan(v) for v in bootstrap_interval(spearman, np.ones(5), x[:5]))

@@ -35,7 +35,7 @@ import numpy as np
 from merino_edge.arch import MAX_POSITIONS, PROJ_DIM, TABLE5, VOCAB_SIZE, ArchSpec, Axes
 from merino_edge.errors import IncompatibleError, InputError
 from merino_edge.fileio import write_json_atomic
-from merino_edge.rank_correlation import kendall_tau, spearman
+from merino_edge.rank_correlation import bootstrap_interval, kendall_tau, rankdata, spearman
 from merino_edge.search.budgets import Budget, Costs
 from merino_edge.search.objective import Objective
 from merino_edge.search.space import SearchSpace
@@ -49,7 +49,8 @@ REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 MODELS_DIR = "models"
 DATA_DIR = "data"
-PROXIES = ("entropy", "params", "non_embedding_params", "flops")
+PROXIES = ("entropy", "entropy_no_gamma", "entropy_unweighted", "params", "non_embedding_params", "flops")
+BOOTSTRAP_SAMPLES = 2000
 # Settings that do not change what is measured: a study may resume with other values.
 _RUN_ONLY = ("out", "device", "progress")
 
@@ -161,11 +162,14 @@ def sample_archs(cfg: StudyConfig, *, rounds: int = 64, per_round: int = 4096) -
 
 def proxies(arch: ArchSpec, cfg: StudyConfig) -> dict[str, float]:
     """The training-free scores of `arch`, one per name in PROXIES."""
+    unweighted = Objective((1.0, 1.0), cfg.beta, cfg.eps)
     return {
         "entropy": float(cfg.objective()(arch)),
+        "entropy_no_gamma": float(cfg.objective(beta=0.0)(arch)),
+        "entropy_unweighted": float(unweighted(arch)),
         "params": float(arch.params()),
         "non_embedding_params": float(arch.non_embedding_params()),
-        "flops": float(arch.flops(cfg.budget.flops_seq_len).total),
+        "flops": float(arch.flops(cfg.budget.flops_seq_len).count(cfg.budget.flops_convention)),
     }
 
 
@@ -219,7 +223,7 @@ def _start_or_resume(cfg: StudyConfig, out: Path, resume: bool) -> list[ArchSpec
 # ---------------------------------------------------------------- run
 
 
-def _tokenizer_path(cfg: StudyConfig, out: Path) -> Path:
+def tokenizer_path(cfg: StudyConfig, out: Path) -> Path:
     """The tokenizer every run shares: given, beside prepared shards, or trained once now."""
     from merino_edge.tokenizer import FILE_NAME, train_tokenizer
     from merino_edge.training.data import MANIFEST, Corpus
@@ -235,12 +239,13 @@ def _tokenizer_path(cfg: StudyConfig, out: Path) -> Path:
     return path
 
 
-def _train_one(cfg: StudyConfig, arch: ArchSpec, model_dir: Path, tokenizer: Path, shards: Path):
+def train_arch(cfg: StudyConfig, arch: ArchSpec, model_dir: Path, tokenizer: Path, study_dir: Path, name: str) -> dict:
+    """Train `arch` with the study's recipe on its shards; its result record (no proxies yet)."""
     from merino_edge.training import checkpoint
     from merino_edge.training.trainer import TrainConfig, train
 
     steps = -(-cfg.tokens // cfg.batch_tokens)
-    return train(
+    result = train(
         TrainConfig(
             arch=arch,
             data=cfg.data,
@@ -248,7 +253,7 @@ def _train_one(cfg: StudyConfig, arch: ArchSpec, model_dir: Path, tokenizer: Pat
             tokenizer=tokenizer,
             text_unit=cfg.text_unit,
             val_fraction=cfg.val_fraction,
-            shards_dir=shards,
+            shards_dir=study_dir / DATA_DIR,
             seq_len=cfg.seq_len,
             batch_tokens=cfg.batch_tokens,
             micro_batch=cfg.micro_batch,
@@ -264,6 +269,15 @@ def _train_one(cfg: StudyConfig, arch: ArchSpec, model_dir: Path, tokenizer: Pat
             progress=cfg.progress,
         )
     )
+    if result.interrupted:
+        raise KeyboardInterrupt
+    val_loss = next((r["val_loss"] for r in reversed(result.history) if "val_loss" in r), None)
+    if val_loss is None:
+        raise InputError(f"study: {name} has no validation loss: the validation split is empty (raise --val-fraction)")
+    return {
+        "id": name, "arch": arch.to_json(), "val_loss": val_loss, "steps": result.steps, "tokens": result.tokens,
+        "elapsed_s": result.elapsed_s, "tokens_per_s": result.tokens_per_s,
+    }  # fmt: skip
 
 
 def run_study(cfg: StudyConfig, *, resume: bool = False) -> StudyReport:
@@ -276,29 +290,48 @@ def run_study(cfg: StudyConfig, *, resume: bool = False) -> StudyReport:
     results = read_results(out / RESULTS_FILE)
     todo = [(f"a{i:03d}", arch) for i, arch in enumerate(archs) if f"a{i:03d}" not in results]
     if todo:
-        tokenizer = _tokenizer_path(cfg, out)
+        tokenizer = tokenizer_path(cfg, out)
         for aid, arch in tqdm(todo, desc="proxy study", unit="arch", disable=not cfg.progress):
-            result = _train_one(cfg, arch, out / MODELS_DIR / aid, tokenizer, out / DATA_DIR)
-            if result.interrupted:
-                raise KeyboardInterrupt
-            val_loss = next((r["val_loss"] for r in reversed(result.history) if "val_loss" in r), None)
-            if val_loss is None:
-                raise InputError(f"study: {aid} has no validation loss: the validation split is empty (raise --val-fraction)")
-            record = {"id": aid, "arch": arch.to_json(), "proxies": proxies(arch, cfg), "val_loss": val_loss, "steps": result.steps, "tokens": result.tokens,
-                      "elapsed_s": result.elapsed_s, "tokens_per_s": result.tokens_per_s}
+            record = train_arch(cfg, arch, out / MODELS_DIR / aid, tokenizer, out, aid)
+            record["proxies"] = proxies(arch, cfg)
             append_result(out / RESULTS_FILE, record)
             results[aid] = record
     return write_report(cfg, [results[f"a{i:03d}"] for i in range(len(archs))], out)
 
 
-def write_report(cfg: StudyConfig, records: list[dict], out: Path) -> StudyReport:
-    """Correlations, sensitivity grid, scatter plots, report.json and report.md from finished records."""
+def report_study(out: str | Path) -> StudyReport:
+    """The report of a study folder from the architectures finished so far (a study still running, or killed)."""
+    out = Path(out)
+    if not (out / CONFIG_FILE).is_file():
+        raise InputError(f"study report: {out} holds no study ({CONFIG_FILE} missing)")
+    saved = json.loads((out / CONFIG_FILE).read_text())
+    results = read_results(out / RESULTS_FILE)
+    records = [results[f"a{i:03d}"] for i in range(len(saved["archs"])) if f"a{i:03d}" in results]
+    if len(records) < 3:
+        raise InputError(f"study report: {len(records)} architectures of {out} are trained; a ranking needs at least 3")
+    return write_report(StudyConfig.from_json(saved["config"]), records, out, sampled=len(saved["archs"]))
+
+
+def write_report(cfg: StudyConfig, records: list[dict], out: Path, sampled: int | None = None) -> StudyReport:
+    """Correlations with bootstrap intervals, top picks, sensitivity grid, scatter plots, report.json and report.md.
+
+    The proxies are computed again from each record's architecture, so a report
+    always carries every proxy of PROXIES, also for results saved before one was added.
+    """
     quality = np.array([-r["val_loss"] for r in records])
     archs = [ArchSpec.from_json(r["arch"]) for r in records]
+    scores = [proxies(a, cfg) for a in archs]
+    ranks = len(records) + 1 - rankdata(quality)  # 1 = lowest validation loss
     correlations = []
     for name in PROXIES:
-        x = np.array([r["proxies"][name] for r in records])
-        c = Correlation(name, spearman(x, quality), kendall_tau(x, quality))
+        x = np.array([s[name] for s in scores])
+        top = int(np.argmax(x))
+        c = Correlation(
+            name, spearman(x, quality), kendall_tau(x, quality),
+            bootstrap_interval(spearman, x, quality, samples=BOOTSTRAP_SAMPLES, seed=cfg.seed),
+            bootstrap_interval(kendall_tau, x, quality, samples=BOOTSTRAP_SAMPLES, seed=cfg.seed),
+            records[top]["id"], int(ranks[top]),
+        )  # fmt: skip
         correlations.append(c)
         scatter_plot(name, x, quality, c, out / f"scatter_{name}.png")
     sensitivity = []
@@ -308,7 +341,11 @@ def write_report(cfg: StudyConfig, records: list[dict], out: Path) -> StudyRepor
                 objective = cfg.objective(eps, alpha1, beta)
                 x = np.array([objective(a) for a in archs])
                 sensitivity.append(Sensitivity(eps, alpha1, beta, spearman(x, quality), kendall_tau(x, quality)))
-    report = StudyReport(len(records), cfg.budget.describe(), cfg.tokens, correlations, sensitivity)
+    models = [
+        {"id": r["id"], "arch": a.short(), "proxies": p, **{k: r.get(k) for k in ("val_loss", "steps", "tokens", "elapsed_s", "tokens_per_s")}}
+        for r, a, p in zip(records, archs, scores, strict=True)
+    ]
+    report = StudyReport(len(records), cfg.budget.describe(), cfg.tokens, correlations, sensitivity, sampled or len(records), BOOTSTRAP_SAMPLES, models)
     write_json_atomic(out / REPORT_JSON, report.to_json())
     (out / REPORT_MD).write_text(report.tables() + "\n")
     return report

@@ -13,7 +13,7 @@ from merino_edge.arch import Axes
 from merino_edge.cli import main
 from merino_edge.errors import IncompatibleError, InputError
 from merino_edge.search.budgets import Budget
-from merino_edge.training.study import PROXIES, RESULTS_FILE, StudyConfig, parse_budget, proxies, run_study, sample_archs
+from merino_edge.training.study import PROXIES, RESULTS_FILE, StudyConfig, parse_budget, proxies, report_study, run_study, sample_archs
 
 TINY_AXES = Axes(widths=(64, 128), ratios=(1.0, 2.0), depths=(1, 2))
 
@@ -55,6 +55,9 @@ def test_study_ranks_proxies_writes_plots_and_resumes_without_retraining(corpus_
 
     assert [c.proxy for c in report.correlations] == list(PROXIES)
     assert all(-1 <= c.spearman <= 1 and -1 <= c.kendall <= 1 for c in report.correlations)
+    for c in report.correlations:
+        assert c.spearman_interval[0] <= c.spearman <= c.spearman_interval[1] and 1 <= c.top_pick_rank <= 4
+    assert [m["tokens"] for m in report.models] == [512] * 4 and all(m["elapsed_s"] > 0 for m in report.models)
     assert len(report.sensitivity) == 2 * 3 * 2  # eps x alpha1 x (beta, beta = 0)
     for name in PROXIES:
         assert (out / f"scatter_{name}.png").stat().st_size > 1000
@@ -78,6 +81,14 @@ def test_study_ranks_proxies_writes_plots_and_resumes_without_retraining(corpus_
     assert again.correlations == report.correlations
     assert len(_lines := (out / RESULTS_FILE).read_text().splitlines()) == 5 and json.loads(_lines[-1])["id"] == "a003"
 
+    # The report of a study still running: from the architectures finished so far.
+    (out / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records[:3]))
+    assert main(["study", "report", str(out)]) == 0
+    assert (out / "report.md").read_text().startswith("3 of 4 sampled architectures")
+    (out / RESULTS_FILE).write_text("".join(json.dumps(r) + "\n" for r in records[:2]))
+    with pytest.raises(InputError, match="at least 3"):
+        report_study(out)
+
 
 def test_sampled_architectures_are_distinct_and_within_the_budget(corpus_file, tmp_path):
     cfg = _config(corpus_file, tmp_path, archs=12, min_fraction=0.5, budget=Budget(params=250_000))
@@ -100,3 +111,29 @@ def test_cli_study_rejects_a_bad_budget_in_one_line(tmp_path, capsys):
     code = main(["study", "proxy", "--archs", "4", "--budget", "watts=5", "--tokens", "1K", "--data", "x.txt", "--out", str(tmp_path)])
     assert code == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_paper_pairs_train_with_the_study_recipe_and_resume(corpus_file, tmp_path):
+    from merino_edge.training.paper_pairs import pair_archs, run_pairs
+
+    study = tmp_path / "study"
+    cfg = _config(corpus_file, study, archs=3)
+    run_study(cfg)
+    archs = pair_archs(cfg)
+    assert archs["wide"].widths == [128] and archs["deep"].widths == [64] and not archs["wide"].shared and not archs["deep"].shared
+    assert abs(archs["deep"].params() - archs["wide"].params()) < archs["deep"].layer_params(archs["deep"].blocks[0])
+    assert archs["shared"].shared and not archs["unshared"].shared and archs["shared"].blocks == archs["unshared"].blocks
+    assert archs["shared"].flops().total <= cfg.budget.flops
+
+    out = tmp_path / "pairs"
+    text = run_pairs(study, out, progress=False)
+    records = [json.loads(line) for line in (out / RESULTS_FILE).read_text().splitlines()]
+    assert [r["id"] for r in records] == ["wide", "deep", "shared", "unshared"]
+    assert all(r["tokens"] == 512 and math.isfinite(r["val_loss"]) for r in records)
+    assert records[2]["params"] < records[3]["params"] and records[2]["flops"] == records[3]["flops"]
+    assert "| table1 | wide |" in text and "Table 4: sharing changes the loss by" in text
+    assert (out / "pairs.md").read_text() == text + "\n"
+    with pytest.raises(InputError, match="--resume"):
+        run_pairs(study, out, progress=False)
+    assert run_pairs(study, out, resume=True, progress=False) == text
