@@ -31,12 +31,12 @@ from merino_edge.arch import Axes
 from merino_edge.fileio import write_json_atomic
 from merino_edge.jetson.board import cpu_model
 from merino_edge.search.budgets import Budget, Costs
-from merino_edge.search.presets import PRESETS
-from merino_edge.search.run import run_search
 from merino_edge.search.entropy import entropy_source
 from merino_edge.search.evolution import evolve
 from merino_edge.search.exact import solve_exact
 from merino_edge.search.objective import Objective
+from merino_edge.search.presets import PRESETS
+from merino_edge.search.run import run_search
 from merino_edge.search.space import SearchSpace
 from merino_edge.units import format_count, parse_count
 

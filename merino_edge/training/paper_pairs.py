@@ -34,7 +34,16 @@ from merino_edge.search.budgets import Costs
 from merino_edge.search.exact import solve_exact
 from merino_edge.search.objective import Objective
 from merino_edge.search.space import SearchSpace
-from merino_edge.training.study import CONFIG_FILE, MODELS_DIR, RESULTS_FILE, StudyConfig, append_result, read_results, tokenizer_path, train_arch
+from merino_edge.training.study import (
+    CONFIG_FILE,
+    MODELS_DIR,
+    RESULTS_FILE,
+    StudyConfig,
+    append_result,
+    read_results,
+    tokenizer_path,
+    train_arch,
+)
 
 PAIRS = {"table1": ("wide", "deep"), "table4": ("shared", "unshared")}
 
