@@ -94,7 +94,8 @@ def run_pairs(study_dir: str | Path, out: str | Path, *, device: str | None = No
         record.update(describe(archs[name], cfg))
         append_result(out / RESULTS_FILE, record)
         results[name] = record
-    write_json_atomic(out / "pairs.json", {"study": cfg.to_json(), "models": [results[n] for n in archs]})
+    recipe = {k: v for k, v in cfg.to_json().items() if k not in ("data", "out", "device", "progress")}  # no local paths
+    write_json_atomic(out / "pairs.json", {"recipe": recipe, "models": [results[n] for n in archs]})
     text = pairs_table(results, cfg)
     (out / "pairs.md").write_text(text + "\n")
     return text
