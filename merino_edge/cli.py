@@ -596,6 +596,7 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     t.add_argument("--study", dest="study_dir", required=True, help="a `study proxy` folder: its recipe, tokenizer, data and budget are used")
     t.add_argument("--out", required=True, help="folder for results.jsonl, models/, pairs.json and pairs.md")
     t.add_argument("--device", help="auto, cpu, cuda or cuda:N (default: the study's)")
+    t.add_argument("--seed", type=int, help="init and data-order seed (default: the study's; another one repeats the pairs to show the run-to-run spread)")
     t.add_argument("--resume", action="store_true", help="continue a killed run in --out (finished models are not trained again)")
 
 
@@ -610,7 +611,7 @@ def _run_study(args: argparse.Namespace) -> int:
     if args.study == "pairs":
         from merino_edge.training.paper_pairs import run_pairs
 
-        print(run_pairs(args.study_dir, args.out, device=args.device, resume=args.resume))
+        print(run_pairs(args.study_dir, args.out, device=args.device, seed=args.seed, resume=args.resume))
         return 0
     from merino_edge.training.study import StudyConfig, parse_budget, run_study
     from merino_edge.units import parse_count

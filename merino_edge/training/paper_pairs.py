@@ -44,6 +44,7 @@ from merino_edge.training.study import (
     tokenizer_path,
     train_arch,
 )
+from merino_edge.training.study_report import arch_cell
 
 PAIRS = {"table1": ("wide", "deep"), "table4": ("shared", "unshared")}
 
@@ -74,15 +75,20 @@ def describe(arch: ArchSpec, cfg: StudyConfig) -> dict:
     }
 
 
-def run_pairs(study_dir: str | Path, out: str | Path, *, device: str | None = None, resume: bool = False, progress: bool = True) -> str:
-    """Train the pairs with the study's recipe (see the module docstring); returns pairs.md's text."""
+def run_pairs(
+    study_dir: str | Path, out: str | Path, *, device: str | None = None, seed: int | None = None, resume: bool = False, progress: bool = True
+) -> str:
+    """Train the pairs with the study's recipe (see the module docstring); returns pairs.md's text.
+
+    `seed` replaces the study's init and data-order seed: the same pairs again show the run-to-run spread.
+    """
     from tqdm import tqdm
 
     study_dir, out = Path(study_dir), Path(out)
     if not (study_dir / CONFIG_FILE).is_file():
         raise InputError(f"study pairs: {study_dir} holds no study ({CONFIG_FILE} missing); run `merino-edge study proxy` first")
     cfg = StudyConfig.from_json(json.loads((study_dir / CONFIG_FILE).read_text())["config"])
-    cfg = dataclasses.replace(cfg, device=device or cfg.device, progress=progress)
+    cfg = dataclasses.replace(cfg, device=device or cfg.device, seed=cfg.seed if seed is None else seed, progress=progress)
     if (out / RESULTS_FILE).is_file() and not resume:
         raise InputError(f"study pairs: {out} already holds results; pass --resume to continue or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -117,7 +123,7 @@ def pairs_table(results: dict[str, dict], cfg: StudyConfig) -> str:
             r = results[name]
             a = ArchSpec.from_json(r["arch"])
             lines.append(
-                f"| {table} | {name} | {a.short()} | {'yes' if a.shared else 'no'} | {r['params'] / 1e6:.3f}M | {r['flops'] / 1e9:.2f}G | "
+                f"| {table} | {name} | {arch_cell(a.short())} | {'yes' if a.shared else 'no'} | {r['params'] / 1e6:.3f}M | {r['flops'] / 1e9:.2f}G | "
                 f"{r['entropy']:.0f} | {r['gamma_mha']:.3f} | {r['entropy_eq15']:.0f} | {r['val_loss']:.4f} | {math.exp(r['val_loss']):.2f} | {r['elapsed_s']:.0f} |"
             )
     wide, deep, shared, unshared = (results[n] for n in ("wide", "deep", "shared", "unshared"))

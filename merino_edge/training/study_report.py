@@ -25,6 +25,11 @@ PROXY_NOTES = {
 }
 
 
+def arch_cell(short: str) -> str:
+    """An architecture's short form (`ArchSpec.short`) as a Markdown table cell: its blocks joined by commas."""
+    return short.replace(" | ", ", ")
+
+
 @dataclass(frozen=True)
 class Correlation:
     """One proxy against -validation loss: rank correlations, their bootstrap intervals, and its top pick."""
@@ -116,7 +121,7 @@ class StudyReport:
             for m in self.models:
                 p = m["proxies"]
                 lines.append(
-                    f"| {m['id']} | {m['arch']} | {p['params'] / 1e6:.3f}M | {p['flops'] / 1e9:.2f}G | {p['entropy']:.0f} | {m['val_loss']:.4f} "
+                    f"| {m['id']} | {arch_cell(m['arch'])} | {p['params'] / 1e6:.3f}M | {p['flops'] / 1e9:.2f}G | {p['entropy']:.0f} | {m['val_loss']:.4f} "
                     f"| {rank[m['id']]} | {m['tokens']:,} | {m['elapsed_s']:.0f} | {m['tokens_per_s']:,.0f} |"
                 )
             wall = sum(m["elapsed_s"] for m in self.models)
