@@ -335,6 +335,9 @@ def _run_doctor(args: argparse.Namespace) -> int:
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:
+    from merino_edge.runtime.connection_limits import ConnectionLimits
+    from merino_edge.runtime.socket_path import DEFAULT_BIND_RETRY_S
+
     p.add_argument("bundle", help="bundle directory (merino-edge export)")
     p.add_argument("--socket", default=None, metavar="PATH", help="Unix socket (default $XDG_RUNTIME_DIR/merino-edge/api.sock, else /run/merino-edge/api.sock)")
     p.add_argument("--metrics-addr", default="127.0.0.1:9464", metavar="HOST:PORT", help="Prometheus /metrics address (default 127.0.0.1:9464; 'off' for none)")
@@ -345,9 +348,16 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue-size", type=int, default=32, metavar="N", help="requests that may wait while one generates; more get 429 (default 32)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body; larger get 413 (default 1 MiB)")
     p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S", help="seconds running requests may finish after SIGTERM (default 10)")
+    limits = ConnectionLimits()
+    p.add_argument("--max-connections", type=int, default=limits.max_connections, metavar="N", help=f"open connections on both listeners; a request beyond them gets 503 (default {limits.max_connections})")
+    p.add_argument("--header-timeout", type=float, default=limits.header_timeout, metavar="S", help=f"seconds a connection may take to send its request head (default {limits.header_timeout:g})")
+    p.add_argument("--body-timeout", type=float, default=limits.body_timeout, metavar="S", help=f"seconds a request may take to send its body; later gets 408 (default {limits.body_timeout:g})")
+    p.add_argument("--idle-timeout", type=float, default=limits.idle_timeout, metavar="S", help=f"seconds a kept-alive connection may sit idle (default {limits.idle_timeout:g})")
+    p.add_argument("--bind-retry", type=float, default=DEFAULT_BIND_RETRY_S, metavar="S", help=f"seconds to retry an address in use or not assigned yet, then exit 75 (default {DEFAULT_BIND_RETRY_S:g})")
 
 
 def _run_serve(args: argparse.Namespace) -> int:
+    from merino_edge.runtime.connection_limits import ConnectionLimits
     from merino_edge.runtime.server import serve
 
     serve(
@@ -361,6 +371,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         queue_size=args.queue_size,
         max_body_bytes=args.max_body_bytes,
         shutdown_grace=args.shutdown_grace,
+        limits=ConnectionLimits(args.max_connections, args.header_timeout, args.body_timeout, args.idle_timeout),
+        bind_retry_s=args.bind_retry,
     )
     return 0
 
@@ -667,7 +679,7 @@ def main(argv: list[str] | None = None) -> int:
         return args._run(args) or 0
     except MerinoError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_status
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
