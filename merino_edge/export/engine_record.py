@@ -107,6 +107,7 @@ def profile_shapes(arch: ArchSpec, *, max_batch: int, max_prompt: int, max_conte
             TensorRange("input_ids", *shapes(batch, seq)),
             TensorRange("position_ids", *shapes(batch, seq)),
             TensorRange("attention_mask", *shapes(batch, total)),
+            TensorRange("logits_to_keep", *shapes((1, 1, seq[2]))),  # generation keeps one column, scoring every one
         ]
         for past_name, _, heads in cache_tensor_names(arch):
             inputs.append(TensorRange(past_name, *shapes(batch, heads, past, arch.head_dim)))

@@ -15,7 +15,9 @@ three methods:
     _forward(input_ids, position_ids, attention_mask, last) -> logits [b, V]
         Run input_ids [b, s] against the cached past (past length =
         attention_mask.shape[1] - s, 0 right after `_reset`), append the new
-        K/V to the cache and return the logits at column `last[r]` of each row r.
+        K/V to the cache and return the logits at column `last[r]` of each row r,
+        computing the head only at those columns (`logits_columns`; the graph's
+        `logits_to_keep` input) so that a long prompt costs no [s, V] tensor.
     _reset()        drop the cache.
     score(input_ids, attention_mask) -> logits [b, s, V]
         Full-sequence logits without touching the cache (lm-eval).
@@ -143,6 +145,12 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(precision={self.precision!r}, max_context={self.max_context}, max_batch={self.max_batch})"
+
+
+def logits_columns(last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct columns of `last` (the graph's `logits_to_keep`) and, for each row, the index of its own among them."""
+    keep, where = np.unique(last, return_inverse=True)
+    return keep.astype(np.int64), where.reshape(-1)
 
 
 def positions_from_mask(mask: np.ndarray) -> np.ndarray:

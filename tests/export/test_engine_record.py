@@ -10,7 +10,7 @@ import pytest
 
 from merino_edge.arch import ArchSpec, Block
 from merino_edge.errors import IncompatibleError, InputError
-from merino_edge.export.bundle import MANIFEST, Bundle, Manifest
+from merino_edge.export.bundle import MANIFEST, Bundle, Manifest, file_sha256
 from merino_edge.export.engine_record import (
     CONTEXT,
     ENGINE_FILE,
@@ -113,7 +113,10 @@ def test_impossible_limits_are_refused(limits, word):
 
 
 def test_record_round_trips_through_the_bundle_manifest(tmp_path):
-    write_json_atomic(tmp_path / MANIFEST, _manifest().to_json())
+    manifest = _manifest()
+    (tmp_path / "tokenizer.model").write_bytes(b"a tokenizer")  # every bundle lists the tokenizer it loads
+    manifest.files["tokenizer.model"] = file_sha256(tmp_path / "tokenizer.model")
+    write_json_atomic(tmp_path / MANIFEST, manifest.to_json())
     (tmp_path / "engines").mkdir()
     (tmp_path / ENGINE_FILE).write_bytes(b"serialized plan")
     record = _record()
