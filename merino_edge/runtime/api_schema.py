@@ -34,7 +34,7 @@ class APIError(Exception):
         self.status = status
         self.message = message
         self.type = type
-        self.param = param
+        self.param = None if param is None else _printable(param)
         self.code = code
 
     def body(self) -> dict:
@@ -143,6 +143,10 @@ _CHAT = {
     "tool_choice": _neutral("none"),
     "response_format": _neutral({"type": "text"}),
 }
+
+# Every top-level field each endpoint reads (others are refused).
+ACCEPTED_FIELDS = {"completions": sorted({*_COMMON, *_COMPLETIONS, *_SAMPLING}), "chat": sorted({*_COMMON, *_CHAT, *_SAMPLING})}
+
 
 
 def _kind(value) -> str:
