@@ -341,7 +341,7 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle directory (merino-edge export)")
     p.add_argument("--socket", default=None, metavar="PATH", help="Unix socket (default $XDG_RUNTIME_DIR/merino-edge/api.sock, else /run/merino-edge/api.sock)")
     p.add_argument("--metrics-addr", default="127.0.0.1:9464", metavar="HOST:PORT", help="Prometheus /metrics address (default 127.0.0.1:9464; 'off' for none)")
-    p.add_argument("--tcp", default=None, metavar="HOST:PORT", help="also serve the API on TCP (a non-loopback address needs --api-key)")
+    p.add_argument("--tcp", default=None, metavar="HOST:PORT", help="also serve the API on TCP (a non-loopback address needs --api-key; without one, only requests naming this address as Host and sending JSON are answered)")
     p.add_argument("--api-key", default=None, help="key TCP clients must send as 'Authorization: Bearer KEY' (default $MERINO_EDGE_API_KEY)")
     p.add_argument("--backend", default="auto", choices=["auto", "ort", "tensorrt", "torch"], help="inference backend (default auto)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads of the ONNX Runtime backend")

@@ -19,7 +19,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 
 from merino_edge import __version__
-from merino_edge.errors import InputError
 from merino_edge.runtime.socket_path import bind_error, parse_host_port
 
 PREFIX = "merino_edge"

@@ -469,15 +469,16 @@ def serve(
     queue_size: int = DEFAULT_QUEUE_SIZE,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     shutdown_grace: float = 10.0,
-    limits: ConnectionLimits = ConnectionLimits(),
+    limits: ConnectionLimits | None = None,
     bind_retry_s: float = DEFAULT_BIND_RETRY_S,
 ) -> None:
-    """Serve a bundle until SIGTERM / Ctrl-C.  `metrics_addr=None` serves no metrics.
+    """Serve a bundle until SIGTERM / Ctrl-C.  `metrics_addr=None` serves no metrics; `limits` default to `ConnectionLimits()`.
 
     Raises InputError (exit 2) for what configuration must fix, before any socket
     exists when it is the flags or the bundle; UnavailableError (exit 75) when an
     address stayed in use or unassigned for `bind_retry_s` seconds.
     """
+    limits = limits or ConnectionLimits()
     if queue_size < 0:
         raise InputError(f"--queue-size must be >= 0, got {queue_size}")
     if max_body_bytes < 1024:
