@@ -76,7 +76,9 @@ class OrtBackend(Backend):
         expected |= {f"past.{i}.{kv}" for i in range(len(self.heads)) for kv in ("key", "value")}
         if set(inputs) != expected:
             missing, extra = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
-            raise IncompatibleError(f"graph inputs do not match the bundle's arch (missing {missing}, unexpected {extra}); export the bundle again")
+            raise IncompatibleError(
+                f"graph inputs are not those of the bundle's arch for this merino-edge (missing {missing}, unexpected {extra}); export the bundle again"
+            )
         self.kv_dtype = _DTYPES[inputs["past.0.key"].type]
 
     def _ensure_buffers(self, rows: int) -> None:
