@@ -46,7 +46,7 @@ PROMPT = "def read_config(path):\n    \"\"\"Read the settings file at path and r
 
 
 def in_process(bundle: Path, args) -> dict:
-    from merino_edge.export.bundle import Bundle
+    from merino_edge.bundle import Bundle
     from merino_edge.runtime import Generator, SamplingParams, create_backend
     from merino_edge.tokenizer import Tokenizer
 

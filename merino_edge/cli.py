@@ -437,8 +437,8 @@ def _run_profile(args: argparse.Namespace) -> int:
     if args.action == "validate":
         from merino_edge.arch import load_arch
         from merino_edge.device_profile import DeviceProfile
-        from merino_edge.jetson.models import model_dirs, random_archs
-        from merino_edge.jetson.validate import DECODE_CONTEXTS, validate_profile
+        from merino_edge.profiling.validate import DECODE_CONTEXTS, validate_profile
+        from merino_edge.profiling.whole_models import model_dirs, random_archs
 
         if not args.profile:
             fail("profile validate: name the profile.json to validate")
@@ -446,7 +446,7 @@ def _run_profile(args: argparse.Namespace) -> int:
         out = Path(args.out or "validation")
         models = Path(args.workdir or out / "models")
         try:
-            from merino_edge.export.micro import export_validation_models
+            from merino_edge.profiling.export import export_validation_models
         except ImportError:  # on the board: time the models exported elsewhere into `models`
             folders = model_dirs(models)
         else:
@@ -459,9 +459,9 @@ def _run_profile(args: argparse.Namespace) -> int:
         print(validate_profile(args.profile, folders, out, decode_contexts=contexts, skip_calibrated=not args.arch).summary())
         print(f"wrote {out / 'validation.json'} and {out / 'validation.png'}")
         return 0
-    from merino_edge.export.parts import GRAPHS_FILE
-    from merino_edge.jetson.models import model_dirs
-    from merino_edge.jetson.profile import CALIBRATION_DIR, profile_device, summary
+    from merino_edge.profiling.parts import GRAPHS_FILE
+    from merino_edge.profiling.run import CALIBRATION_DIR, profile_device, summary
+    from merino_edge.profiling.whole_models import model_dirs
 
     precision = args.precision or ("fp16" if args.backend == "tensorrt" else "fp32")
     if args.backend == "tensorrt" and precision != "fp16":
@@ -476,7 +476,7 @@ def _run_profile(args: argparse.Namespace) -> int:
         fail(f"--calibration must be 0 or more, got {args.calibration}")
     runners, micro = None, None
     try:
-        from merino_edge.export import micro
+        from merino_edge.profiling import export as micro
     except ImportError as exc:  # on the board: export where torch is installed, copy the work dir
         if args.backend == "torch" or args.export_only or not (workdir / GRAPHS_FILE).exists():
             fail(f"exporting the micro-graphs needs torch ({exc}); run `merino-edge profile --export-only --workdir DIR` where torch is installed and pass that DIR here as --workdir")
@@ -496,7 +496,7 @@ def _run_profile(args: argparse.Namespace) -> int:
         print(f"exported the micro-graphs{models} to {workdir}; copy it to the board and run `merino-edge profile --workdir {workdir.name}` there")
         return 0
     if args.backend == "tensorrt":
-        from merino_edge.jetson.profile_tensorrt import TensorRTRunners
+        from merino_edge.profiling.tensorrt import TensorRTRunners
 
         runners = TensorRTRunners(workdir, device=int(args.device or 0))
     flush = None if args.flush_mib is None else args.flush_mib << 20

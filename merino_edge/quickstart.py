@@ -82,8 +82,8 @@ class Quickstart:
     # ------------------------------------------------------------ stages
 
     def profile(self) -> None:
-        from merino_edge.export.micro import export_calibration_models, export_micro_graphs
-        from merino_edge.jetson.profile import QUICK, Grid, profile_device
+        from merino_edge.profiling.export import export_calibration_models, export_micro_graphs
+        from merino_edge.profiling.run import QUICK, Grid, profile_device
 
         out = self.paths["profile"]
         if out.exists():
@@ -162,7 +162,7 @@ class Quickstart:
         write_json_atomic(out / "train_result.json", {k: getattr(result, k) for k in ("steps", "tokens", "train_loss", "val_loss", "val_perplexity", "elapsed_s", "tokens_per_s")})
 
     def export(self) -> None:
-        from merino_edge.export.bundle import Bundle
+        from merino_edge.bundle import Bundle
         from merino_edge.export.package import export_bundle
 
         out = self.paths["bundle"]
@@ -177,7 +177,7 @@ class Quickstart:
         export_bundle(self.paths["checkpoint"], out, fp16=_has_tensorrt(), overwrite=True, progress=self.cfg.progress)
 
     def build(self) -> None:
-        from merino_edge.export.bundle import Bundle
+        from merino_edge.bundle import Bundle
 
         if not _has_tensorrt():
             _say("build: skipped (TensorRT is not installed here; ONNX Runtime serves the bundle)")
@@ -195,9 +195,9 @@ class Quickstart:
     def measure(self) -> None:
         """Time the exported model's decode step exactly as `profile validate` does, and its serving speed."""
         from merino_edge.arch import save_arch
-        from merino_edge.export.bundle import Bundle
-        from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE
-        from merino_edge.jetson.validate import validate_profile
+        from merino_edge.bundle import Bundle
+        from merino_edge.profiling.parts import ARCH_FILE, GRAPH_FILE
+        from merino_edge.profiling.validate import validate_profile
         from merino_edge.runtime.bench import bench_bundle
 
         bundle = Bundle.load(self.paths["bundle"], verify=False)

@@ -9,9 +9,9 @@ pytest.importorskip("torch", reason="exporting the micro-graphs needs torch")
 
 from merino_edge.arch import ArchSpec, Axes, Block  # noqa: E402
 from merino_edge.device_profile import DeviceProfile, Measurement  # noqa: E402
-from merino_edge.export.micro import export_micro_graphs  # noqa: E402
-from merino_edge.jetson.profile import STATE_FILE, Grid, profile_device  # noqa: E402
-from merino_edge.jetson.profile_tensorrt import ENGINES_DIR, TensorRTRunners  # noqa: E402
+from merino_edge.profiling.export import export_micro_graphs  # noqa: E402
+from merino_edge.profiling.run import STATE_FILE, Grid, profile_device  # noqa: E402
+from merino_edge.profiling.tensorrt import ENGINES_DIR, TensorRTRunners  # noqa: E402
 from merino_edge.runtime.backends.cuda_memory import available_cuda_bindings  # noqa: E402
 from merino_edge.search.latency import LatencyModel  # noqa: E402
 

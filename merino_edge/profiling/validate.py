@@ -1,7 +1,7 @@
 """`merino-edge profile validate`: does the latency model predict whole models?
 
 Random architectures from the search space are exported as real model graphs
-and timed exactly as the profile timed its parts (`jetson.models`).  The
+and timed exactly as the profile timed its parts (`profiling.whole_models`).  The
 architectures the profile calibrated on are left out, so every point is held
 out from the fit.  The report gives the mean
 absolute percentage error, the share of predictions within +-10 % and the
@@ -19,7 +19,7 @@ import numpy as np
 from merino_edge.device_profile import DeviceProfile
 from merino_edge.errors import InputError
 from merino_edge.fileio import write_json_atomic
-from merino_edge.jetson.models import ROUNDS, time_models
+from merino_edge.profiling.whole_models import ROUNDS, time_models
 from merino_edge.rank_correlation import spearman
 from merino_edge.search.latency import LatencyModel
 
@@ -96,7 +96,7 @@ def validate_profile(
 ) -> ValidationReport:
     """Time the model in each folder (arch.json + model.onnx) like the profile timed its parts.
 
-    Models are timed in `rounds` rounds over all of them (`jetson.models.time_models`),
+    Models are timed in `rounds` rounds over all of them (`profiling.whole_models.time_models`),
     as the profile's calibration was.  With `skip_calibrated`, architectures the
     profile was calibrated on are left out.  Writes validation.json and
     validation.png into `out_dir`.

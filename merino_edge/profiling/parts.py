@@ -1,7 +1,7 @@
 """The parts of a MeRino model that `merino-edge profile` times, and their index file.
 
-`export.micro` exports one graph per part into a work directory and writes
-`graphs.json`; `jetson.profile` reads it on the board (this module is
+`profiling.export` exports one graph per part into a work directory and writes
+`graphs.json`; `profiling.run` reads it on the board (this module is
 torch-free).  Shapes are templates over three symbols: `s` the new tokens,
 `c` the past (KV-cache) length and `t = c + s`.
 """
@@ -98,7 +98,7 @@ def example_input(name: str, shape: list[int], dtype, vocab_size: int, past_len:
 
 
 def read_graphs(workdir: str | Path) -> dict:
-    """The micro-graph index of a work directory made by `export.micro.export_micro_graphs`."""
+    """The micro-graph index of a work directory made by `profiling.export.export_micro_graphs`."""
     path = Path(workdir) / GRAPHS_FILE
     data = read_json(path, "micro-graph index", missing=f"{path} not found: export the micro-graphs first (merino-edge profile does it where torch is installed)")
     if data.get("schema_version") != GRAPHS_SCHEMA_VERSION:

@@ -2,9 +2,9 @@
 
 import numpy as np
 
-from merino_edge.export.engine_record import CONTEXT, GENERATION
-from merino_edge.export.parts import dims, read_graphs
-from merino_edge.jetson.profile_tensorrt import arena_bytes, part_profiles, profile_for
+from merino_edge.engine_record import CONTEXT, GENERATION
+from merino_edge.profiling.parts import dims, read_graphs
+from merino_edge.profiling.tensorrt import arena_bytes, part_profiles, profile_for
 
 
 def test_a_layer_gets_the_context_and_generation_profiles_of_the_runtime_engine(tiny):

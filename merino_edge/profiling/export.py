@@ -6,7 +6,7 @@ which the whole model computes once), one `MeRinoLayer` per (E, R) of the
 search space with a past K/V of dynamic length, every projection, the final
 LayerNorm per width and the tied LM head.  They are the model's own modules,
 exported the way whole models are, into a work directory with `graphs.json`
-(the index `merino_edge.jetson.profile` reads, torch-free, on the board).
+(the index `merino_edge.profiling.run` reads, torch-free, on the board).
 
 `TorchRunners` times the same parts as torch modules (the torch backend).
 """
@@ -26,10 +26,10 @@ from merino_edge.arch import TABLE5, ArchSpec, Axes, Block, load_arch, save_arch
 from merino_edge.device_profile import BackendInfo
 from merino_edge.errors import InputError
 from merino_edge.export.onnx import MIN_OPSET, _ExplicitCache, export_module, export_onnx
-from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE, GRAPHS_FILE, dims, example_input, graphs_index, read_graphs
 from merino_edge.fileio import write_json_atomic
-from merino_edge.jetson.profile import CALIBRATION_DIR, calibration_archs
 from merino_edge.model.modeling import MeRinoLayer, MeRinoLayerNorm, attention_bias
+from merino_edge.profiling.parts import ARCH_FILE, GRAPH_FILE, GRAPHS_FILE, dims, example_input, graphs_index, read_graphs
+from merino_edge.profiling.run import CALIBRATION_DIR, calibration_archs
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -209,7 +209,7 @@ def export_calibration_models(workdir: str | Path, n: int, *, precision: str = "
 
 
 class TorchRunners:
-    """Runner factory for `jetson.profile.profile_device` that times the torch modules themselves.
+    """Runner factory for `profiling.run.profile_device` that times the torch modules themselves.
 
     `model` is the "model" entry of a graphs index (vocab_size, proj_dim, head_dim, max_positions).
     """

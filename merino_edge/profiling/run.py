@@ -1,12 +1,12 @@
 """`merino-edge profile`: time every part of a MeRino model on this device.
 
-The parts (`merino_edge.export.parts`) are micro-graphs that
-`merino_edge.export.micro` exports through the same ONNX export path as whole
+The parts (`merino_edge.profiling.parts`) are micro-graphs that
+`merino_edge.profiling.export` exports through the same ONNX export path as whole
 models into a work directory, indexed by `graphs.json`.  This module times them,
 torch-free, on ONNX Runtime (or through any other runner factory, e.g. the
-torch one in `export.micro`), and writes the `DeviceProfile`.
+torch one in `profiling.export`), and writes the `DeviceProfile`.
 
-Timing (`jetson.timing`) follows the runtime: every input and output is bound
+Timing (`profiling.timing`) follows the runtime: every input and output is bound
 once to a preallocated buffer (IOBinding), so a step costs what the graph
 costs.  Each grid point gets warm-up runs, then repetitions until a time target
 (between a minimum and a maximum count); the median and the interquartile range
@@ -18,7 +18,7 @@ that other work keeps busy.
 
 A whole model step is neither all warm nor all cold: on a large cache part of
 the model survives from one step to the next.  So the profile also times a few
-random whole models (`calibrate`, `jetson.models`) and fits how much of the
+random whole models (`calibrate`, `profiling.whole_models`) and fits how much of the
 cold penalty a step pays as a function of the bytes it moves
 (`search.latency.fit_calibration`).  Results are saved atomically after every
 part and every whole model, so a killed run continues where it stopped.
@@ -37,11 +37,11 @@ from pathlib import Path
 from merino_edge.arch import ArchSpec, Axes
 from merino_edge.device_profile import BackendInfo, Calibration, DeviceInfo, DeviceProfile, Measurement, PartTiming, Timing
 from merino_edge.errors import InputError
-from merino_edge.export.parts import read_graphs
 from merino_edge.fileio import write_json_atomic
 from merino_edge.jetson import board as board_info
-from merino_edge.jetson.models import random_archs, time_models
-from merino_edge.jetson.timing import CLOCKS, CacheFlush, Runner, measure, ort_module, ort_runner, ort_session
+from merino_edge.profiling.parts import read_graphs
+from merino_edge.profiling.timing import CLOCKS, CacheFlush, Runner, measure, ort_module, ort_runner, ort_session
+from merino_edge.profiling.whole_models import random_archs, time_models
 from merino_edge.search.latency import Sample, fit_calibration
 
 log = logging.getLogger(__name__)
@@ -299,13 +299,13 @@ def profile_device(
     """Time every part and write the device profile to `out`; partial results stay in `workdir`.
 
     Without `runners` the ONNX micro-graphs of `workdir` run on ONNX Runtime
-    (`OrtRunners`); `export.micro.TorchRunners` times the torch modules instead.
+    (`OrtRunners`); `profiling.export.TorchRunners` times the torch modules instead.
     `clock` "cpu" times this process's CPU time instead of elapsed time: on a
     machine shared with other work it measures what an idle core would take
     (one thread only).  `flush_bytes` sets the buffer written before every cold
     decode run (0: no cold timings).  `grid` replaces the FULL / QUICK grids
     (and their clock and flush).  `calibration` names folders of whole models
-    (`jetson.models`, ONNX Runtime) to fit the latency model's cache share and
+    (`profiling.whole_models`, ONNX Runtime) to fit the latency model's cache share and
     prefill scale on (`search.latency.fit_calibration`).  Interrupted, it keeps
     what it timed; the next call with the same `workdir` and settings continues
     from there.

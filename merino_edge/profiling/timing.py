@@ -1,7 +1,7 @@
 """Timing one graph on the device: the repetition rule, cache flushes, ONNX Runtime sessions bound once.
 
-Shared by the profiler (`jetson.profile`), its calibration and `profile validate`
-(`jetson.models`), so parts and whole models are timed the same way.
+Shared by the profiler (`profiling.run`), its calibration and `profile validate`
+(`profiling.whole_models`), so parts and whole models are timed the same way.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 
 from merino_edge.device_profile import Measurement
 from merino_edge.errors import MissingDependencyError
-from merino_edge.export.parts import dims, example_input
+from merino_edge.profiling.parts import dims, example_input
 
 Runner = Callable[[], None]
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}

@@ -1,4 +1,4 @@
-"""The micro-graphs `merino-edge profile` times (export.micro): shapes, parameters, dynamic axes; the torch runners."""
+"""The micro-graphs `merino-edge profile` times (profiling.export): shapes, parameters, dynamic axes; the torch runners."""
 
 import json
 
@@ -7,9 +7,9 @@ import onnxruntime as ort
 import pytest
 
 from merino_edge.errors import InputError
-from merino_edge.export.micro import TorchRunners, export_micro_graphs
-from merino_edge.export.parts import dims, read_graphs
-from merino_edge.jetson.profile import profile_device
+from merino_edge.profiling.export import TorchRunners, export_micro_graphs
+from merino_edge.profiling.parts import dims, read_graphs
+from merino_edge.profiling.run import profile_device
 
 
 def test_every_part_runs_at_any_length_and_past_with_the_indexed_shapes(tiny):

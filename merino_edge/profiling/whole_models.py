@@ -1,11 +1,11 @@
 """Whole models timed exactly as the profiler times its parts.
 
 Random architectures from the search space, exported as real model graphs
-(`export.micro.export_validation_models`, where torch is installed) into
+(`profiling.export.export_validation_models`, where torch is installed) into
 folders of arch.json + model.onnx, then timed torch-free on ONNX Runtime: the
 same threads, session options, IOBinding and repetition rule as the parts.
-The profiler calibrates its latency model on a few of them (`jetson.profile`);
-`profile validate` checks the model on others (`jetson.validate`).
+The profiler calibrates its latency model on a few of them (`profiling.run`);
+`profile validate` checks the model on others (`profiling.validate`).
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 from merino_edge.arch import TABLE5, ArchSpec, Axes, Block, load_arch
 from merino_edge.device_profile import Measurement
 from merino_edge.errors import InputError
-from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE
-from merino_edge.jetson.timing import measure, ort_runner, ort_session
+from merino_edge.profiling.parts import ARCH_FILE, GRAPH_FILE
+from merino_edge.profiling.timing import measure, ort_runner, ort_session
 
 
 def random_archs(n: int, axes: Axes = TABLE5, blocks: int = 4, seed: int = 0, exclude=(), **model) -> list[ArchSpec]:

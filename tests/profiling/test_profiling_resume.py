@@ -11,7 +11,7 @@ from merino_edge.arch import ArchSpec, Block
 from merino_edge.cli import main
 from merino_edge.device_profile import DeviceProfile
 from merino_edge.errors import InputError
-from merino_edge.jetson.profile import QUICK, STATE_FILE, Grid, OrtRunners, profile_device
+from merino_edge.profiling.run import QUICK, STATE_FILE, Grid, OrtRunners, profile_device
 from merino_edge.search.latency import LatencyModel
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None

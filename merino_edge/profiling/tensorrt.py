@@ -1,6 +1,6 @@
 """`merino-edge profile --backend tensorrt`: the FP16 micro-graphs as TensorRT engines, timed on the GPU.
 
-Thin on purpose, and shaped like the runtime's engine (`export.engine_record`):
+Thin on purpose, and shaped like the runtime's engine (`engine_record`):
 each part's FP16 graph (`profile --precision fp16`) is built once into an engine
 with the same two optimization profiles, ``context`` (a prompt, empty past) and
 ``generation`` (one token after a past of 1..max_positions-1), and kept in the
@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 
 from merino_edge.device_profile import BackendInfo
+from merino_edge.engine_record import CONTEXT, GENERATION, Profile, TensorRange
 from merino_edge.errors import InputError
-from merino_edge.export.engine_record import CONTEXT, GENERATION, Profile, TensorRange
-from merino_edge.export.parts import dims, example_input, read_graphs
 from merino_edge.fileio import write_bytes_atomic
-from merino_edge.jetson.timing import Runner
+from merino_edge.profiling.parts import dims, example_input, read_graphs
+from merino_edge.profiling.timing import Runner
 
 ENGINES_DIR = "engines"
 TIMING_CACHE = "timing.cache"
@@ -64,7 +64,7 @@ def profile_for(seq_len: int, past_len: int) -> str:
 
 
 class TensorRTRunners:
-    """Runner factory (see `jetson.profile.RunnerFactory`) over the FP16 micro-graphs of a work dir, on TensorRT."""
+    """Runner factory (see `profiling.run.RunnerFactory`) over the FP16 micro-graphs of a work dir, on TensorRT."""
 
     def __init__(self, workdir: str | Path, device: int = 0):
         from merino_edge.runtime.backends.cuda_memory import open_cuda

@@ -7,11 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from merino_edge.export.micro import export_validation_models
-from merino_edge.export.parts import read_graphs
-from merino_edge.jetson.models import ROUNDS, random_archs, time_models
-from merino_edge.jetson.profile import STATE_FILE, calibration_archs, profile_device
-from merino_edge.jetson.validate import validate_profile
+from merino_edge.profiling.export import export_validation_models
+from merino_edge.profiling.parts import read_graphs
+from merino_edge.profiling.run import STATE_FILE, calibration_archs, profile_device
+from merino_edge.profiling.validate import validate_profile
+from merino_edge.profiling.whole_models import ROUNDS, random_archs, time_models
 from merino_edge.search.latency import LatencyModel, Sample, fit_calibration
 
 
