@@ -8,6 +8,7 @@ torch-free).  Shapes are templates over three symbols: `s` the new tokens,
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,8 +25,72 @@ ARCH_FILE = "arch.json"
 GRAPH_FILE = "model.onnx"
 
 
-def _part(name: str, kind: str, inputs: dict, outputs: dict, params: int, **keys) -> dict:
-    return {"name": name, "kind": kind, "file": f"{name}.onnx", "inputs": inputs, "outputs": outputs, "params": params, **keys}
+@dataclass(frozen=True)
+class Part:
+    """One micro-graph: what it computes (`kind`), its input and output shape templates and its parameters.
+
+    Kinds: overhead, embedding, layer (`width` E, `ratio` R), projection
+    (`in_dim` -> `out_dim`), final_norm (`width`), head.
+    """
+
+    name: str
+    kind: str
+    inputs: dict[str, list]
+    outputs: dict[str, list]
+    params: int
+    width: int | None = None
+    ratio: float | None = None
+    in_dim: int | None = None
+    out_dim: int | None = None
+
+    @property
+    def file(self) -> str:
+        """The part's ONNX file in the work directory."""
+        return f"{self.name}.onnx"
+
+    def to_json(self) -> dict:
+        data = {"name": self.name, "kind": self.kind, "file": self.file, "inputs": self.inputs, "outputs": self.outputs, "params": self.params}
+        for key, value in (("width", self.width), ("ratio", self.ratio), ("in", self.in_dim), ("out", self.out_dim)):
+            if value is not None:
+                data[key] = value
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> Part:
+        return cls(
+            data["name"], data["kind"], data["inputs"], data["outputs"], int(data["params"]),
+            width=data.get("width"), ratio=data.get("ratio"), in_dim=data.get("in"), out_dim=data.get("out"),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class MicroGraphs:
+    """The index of a work directory's micro-graphs (`graphs.json`): the space, the model dims and every part."""
+
+    precision: str
+    axes: Axes
+    model: dict[str, int]  # vocab_size, proj_dim, head_dim, max_positions
+    parts: tuple[Part, ...]
+    exporter: dict[str, str] = field(default_factory=dict)  # versions of what exported the graphs
+
+    def to_json(self) -> dict:
+        return {
+            "schema_version": GRAPHS_SCHEMA_VERSION,
+            "precision": self.precision,
+            "space": self.axes.to_json(),
+            "model": self.model,
+            "exporter": self.exporter,
+            "parts": [part.to_json() for part in self.parts],
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> MicroGraphs:
+        return cls(
+            data["precision"], Axes.from_json(data["space"]), dict(data["model"]), tuple(Part.from_json(p) for p in data["parts"]), dict(data.get("exporter", {}))
+        )
+
+    def of_kind(self, kind: str) -> list[Part]:
+        return [part for part in self.parts if part.kind == kind]
 
 
 def _layer_io(width: int, head_dim: int) -> tuple[dict, dict]:
@@ -36,16 +101,13 @@ def _layer_io(width: int, head_dim: int) -> tuple[dict, dict]:
     return inputs, outputs
 
 
-def micro_parts(axes: Axes = TABLE5, vocab_size: int = VOCAB_SIZE, proj_dim: int = PROJ_DIM, head_dim: int = HEAD_DIM, max_positions: int = MAX_POSITIONS) -> list[dict]:
-    """Every part a model over `axes` is made of, with its input and output shape templates.
-
-    Kinds: overhead, embedding, layer (one per (E, R)), projection, final_norm, head.
-    """
+def micro_parts(axes: Axes = TABLE5, vocab_size: int = VOCAB_SIZE, proj_dim: int = PROJ_DIM, head_dim: int = HEAD_DIM, max_positions: int = MAX_POSITIONS) -> list[Part]:
+    """Every part a model over `axes` is made of (one layer per (E, R)), with its input and output shape templates."""
     p = proj_dim
     bias = [1, 1, "s", "t"]
     parts = [
-        _part("overhead", "overhead", {"x": [1, "s", p]}, {"y": [1, "s", p]}, 0),
-        _part(
+        Part("overhead", "overhead", {"x": [1, "s", p]}, {"y": [1, "s", p]}, 0),
+        Part(
             "embedding",
             "embedding",
             {"input_ids": [1, "s"], "position_ids": [1, "s"], "attention_mask": [1, "t"]},
@@ -56,26 +118,19 @@ def micro_parts(axes: Axes = TABLE5, vocab_size: int = VOCAB_SIZE, proj_dim: int
     for e in axes.widths:
         for r in axes.ratios:
             params = ArchSpec.layer_params(Block(e, r, 1))
-            parts.append(_part(f"layer_E{e}_R{r:g}", "layer", *_layer_io(e, head_dim), params, width=e, ratio=float(r)))
+            parts.append(Part(f"layer_E{e}_R{r:g}", "layer", *_layer_io(e, head_dim), params, width=e, ratio=float(r)))
     for a, b in needed_projections(axes, p):
-        parts.append(_part(f"proj_{a}_{b}", "projection", {"x": [1, "s", a]}, {"y": [1, "s", b]}, a * b, **{"in": a, "out": b}))
+        parts.append(Part(f"proj_{a}_{b}", "projection", {"x": [1, "s", a]}, {"y": [1, "s", b]}, a * b, in_dim=a, out_dim=b))
     for e in axes.widths:
-        parts.append(_part(f"final_norm_E{e}", "final_norm", {"x": [1, "s", e]}, {"y": [1, "s", e]}, 2 * e, width=e))
-    parts.append(_part("head", "head", {"x": [1, "s", p]}, {"logits": [1, "s", vocab_size]}, p * vocab_size))
+        parts.append(Part(f"final_norm_E{e}", "final_norm", {"x": [1, "s", e]}, {"y": [1, "s", e]}, 2 * e, width=e))
+    parts.append(Part("head", "head", {"x": [1, "s", p]}, {"logits": [1, "s", vocab_size]}, p * vocab_size))
     return parts
 
 
-def graphs_index(precision: str, axes: Axes = TABLE5, *, exporter: dict | None = None, **model) -> dict:
-    """The graphs.json content for every part of `axes` (model: vocab_size, proj_dim, head_dim, max_positions)."""
+def graphs_index(precision: str, axes: Axes = TABLE5, *, exporter: dict | None = None, **model) -> MicroGraphs:
+    """The index of every part of `axes` (model: vocab_size, proj_dim, head_dim, max_positions)."""
     dims_ = {"vocab_size": VOCAB_SIZE, "proj_dim": PROJ_DIM, "head_dim": HEAD_DIM, "max_positions": MAX_POSITIONS, **model}
-    return {
-        "schema_version": GRAPHS_SCHEMA_VERSION,
-        "precision": precision,
-        "space": axes.to_json(),
-        "model": dims_,
-        "exporter": exporter or {},
-        "parts": micro_parts(axes, **dims_),
-    }
+    return MicroGraphs(precision, axes, dims_, tuple(micro_parts(axes, **dims_)), exporter or {})
 
 
 def dims(template: list, seq_len: int, past_len: int) -> list[int]:
@@ -97,10 +152,10 @@ def example_input(name: str, shape: list[int], dtype, vocab_size: int, past_len:
     return (0.1 * rng.standard_normal(shape)).astype(dtype)
 
 
-def read_graphs(workdir: str | Path) -> dict:
+def read_graphs(workdir: str | Path) -> MicroGraphs:
     """The micro-graph index of a work directory made by `profiling.export.export_micro_graphs`."""
     path = Path(workdir) / GRAPHS_FILE
     data = read_json(path, "micro-graph index", missing=f"{path} not found: export the micro-graphs first (merino-edge profile does it where torch is installed)")
     if data.get("schema_version") != GRAPHS_SCHEMA_VERSION:
         raise IncompatibleError(f"{path}: schema_version {data.get('schema_version')!r}, this merino-edge reads {GRAPHS_SCHEMA_VERSION}; export again")
-    return data
+    return MicroGraphs.from_json(data)
