@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 from merino_edge.arch import ArchSpec, Block  # noqa: E402
 from merino_edge.fileio import write_json_atomic  # noqa: E402
-from merino_edge.jetson.board import cpu_model  # noqa: E402
+from merino_edge.host import cpu_model  # noqa: E402
 from merino_edge.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
 from merino_edge.training.data import Corpus, TokenShards, prepare_shards  # noqa: E402
 
