@@ -14,7 +14,7 @@ import httpx
 import pytest
 from server_harness import ServerProcess, free_port
 
-from merino_edge.export.bundle import MANIFEST, Bundle
+from merino_edge.bundle import MANIFEST, Bundle
 from merino_edge.runtime import Generator, SamplingParams
 from merino_edge.runtime.api_schema import APIError
 from merino_edge.runtime.client import sse_data

@@ -21,8 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
-from merino_edge.export.engine_record import (
+from merino_edge.engine_record import (
     CONTEXT,
     ENGINE_NAME,
     GENERATION,
@@ -31,6 +30,7 @@ from merino_edge.export.engine_record import (
     cache_tensor_names,
     check_compatible,
 )
+from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
 from merino_edge.runtime.backend import Backend, logits_columns, positions_from_mask
 from merino_edge.runtime.backends.cuda_memory import CudaMemory, open_cuda
 

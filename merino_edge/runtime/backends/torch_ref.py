@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from merino_edge.bundle import DEFAULT_MAX_BATCH, Bundle
 from merino_edge.errors import InputError, MissingDependencyError
-from merino_edge.export.bundle import DEFAULT_MAX_BATCH, Bundle
 from merino_edge.runtime.backend import Backend, positions_from_mask
 
 
@@ -67,7 +67,7 @@ class TorchBackend(Backend):
                 input_ids=torch.from_numpy(input_ids),
                 attention_mask=torch.from_numpy(attention_mask),
                 position_ids=torch.from_numpy(position_ids),
-                past_key_values=self._cache,
+                cache=self._cache,
                 use_cache=True,
                 logits_to_keep=input_ids.shape[1] - int(last.min()),  # the head runs from the first column asked for
             )
