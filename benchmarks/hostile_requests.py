@@ -277,8 +277,7 @@ def main() -> None:
     print(f"server fds: {fds_before} before, {fds_after} after")
     print(f"requests by outcome: {counted}")
     print(f"load average: {os.getloadavg()}")
-    result = {"cases": rows, "health": health[0], "fds": [fds_before, fds_after], "outcomes": counted,
-              "merino_edge": __import__("merino_edge").__file__, "loadavg": os.getloadavg()}
+    result = {"cases": rows, "health": health[0], "fds": [fds_before, fds_after], "outcomes": counted, "loadavg": os.getloadavg()}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

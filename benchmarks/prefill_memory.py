@@ -71,8 +71,7 @@ def main() -> None:
               f"{r['rss_before_mib']:>8.1f} MiB {r['peak_rss_mib']:>5.1f} MiB {r['prefill_peak_over_before_mib']:>10.1f} MiB")
     print(f"load average: {os.getloadavg()}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps({"rows": rows, "bundle": args.bundle, "loadavg": os.getloadavg(),
-                                           "merino_edge": __import__("merino_edge").__file__}, indent=2) + "\n")
+    Path(args.json).write_text(json.dumps({"rows": rows, "loadavg": os.getloadavg()}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -119,11 +119,11 @@ class ServerState:
             self.status = "ready"
         log.info("model %s ready on %s (%s)", self.model_id, engine.name, engine.precision)
 
-    def stop_serving(self, status: str = "shutting_down") -> None:
-        """Answer 503 from now on (a failed load keeps its "failed")."""
+    def stop_serving(self) -> None:
+        """Answer 503 from now on: "shutting_down" (a failed load keeps its "failed")."""
         with self._status_lock:
             if self.status != "failed":
-                self.status = status
+                self.status = "shutting_down"
             self.metrics.ready.set(0)
 
     def close(self) -> None:
