@@ -6,9 +6,9 @@ with the same two optimization profiles, ``context`` (a prompt, empty past) and
 ``generation`` (one token after a past of 1..max_positions-1), and kept in the
 work dir (`engines/`, with one shared timing cache and `host.json`, what they
 were built on), so a resumed profile does not build them again; engines from
-another TensorRT, GPU or board are refused, not timed.  A prefill point and a decode point at context 0 run on the
-context profile, every other decode point on the generation profile, as the
-runtime runs them.  Every tensor lives in one device arena allocated up front
+another TensorRT, GPU or board are refused, not timed.  A prefill point and a
+decode point at context 0 run on the context profile, every other decode point
+on the generation profile, as the runtime runs them.  Every tensor lives in one device arena allocated up front
 (large enough for any part at any point); inputs are uploaded once per grid
 point; a run is one execute_async_v3 on the stream and a synchronize.  A cold run follows a copy of
 `flush_bytes` into device memory, which evicts the GPU's L2.
