@@ -109,8 +109,11 @@ def tensorrt_site_or_skip(request, version: str) -> Path:
     """`tensorrt_site` in pytest's cache directory, or skip the test with the one-line reason it cannot be had."""
     import pytest
 
+    cache = getattr(request.config, "cache", None)  # None under -p no:cacheprovider: a temporary directory then
+    folder = cache.mkdir("tensorrt-bindings") if cache else request.getfixturevalue("tmp_path_factory").getbasetemp() / "tensorrt-bindings"
+    folder.mkdir(exist_ok=True)
     try:
-        return tensorrt_site(version, request.config.cache.mkdir("tensorrt-bindings"))
+        return tensorrt_site(version, folder)
     except Unavailable as exc:
         pytest.skip(str(exc))
 
