@@ -44,8 +44,8 @@ class Use:
     where: str  # "path:line"
     owner: str
     name: str
-    kind: str  # "get", "set", "call" or "override"
-    positional: int = 0
+    kind: str  # "get", "set", "call" or "override" (a method of a class derived from a TensorRT class)
+    positional: int = 0  # a call's positional arguments; an override's parameters after self
     keywords: tuple[str, ...] = ()
     arg_types: tuple[tuple[int | str, frozenset], ...] = ()  # (position or keyword, types)
     variadic: bool = False  # the call passes *args or **kwargs
@@ -162,14 +162,13 @@ class Finder:
         self.uses: set[Use] = set()
         self.changed = False
         self.scopes: dict[ast.AST, Scope] = {}
-        self.functions: dict[tuple[str, str], ast.AST] = {}  # (module path, name) -> def
         self.classes: dict[tuple[str, str], ast.ClassDef] = {}
         self.class_bases: dict[str, set[str]] = {}  # "path:Class" -> TensorRT base classes
         self.attrs: dict[str, dict[str, set]] = {}  # "path:Class" -> self attribute -> types
         self.path = ""
 
     # ---- types: ("module",), ("class", C), ("obj", C), ("method", C, m), ("unbound", C, m),
-    #      ("func", f), ("items", frozenset), ("tuple", (frozenset, ...)), ("def", path, name),
+    #      ("func", f), ("items", frozenset), ("tuple", (frozenset, ...)), ("def", FunctionDef node),
     #      ("pyclass", key), ("self", key), ("pymethod", key, name)
 
     def _add(self, target: dict, key: str, types) -> None:
@@ -358,7 +357,7 @@ class Finder:
                 self._use(node, "tensorrt", t[1], "call", **call())
                 out |= self._returns("tensorrt", t[1])
             elif t[0] == "def":
-                out |= self._call_project(self.functions[(t[1], t[2])], positional, keywords, skip_self=False)
+                out |= self._call_project(t[1], positional, keywords, skip_self=False)
             elif t[0] == "pymethod":
                 path, name = t[1].split(":")
                 method = next(s for s in self.classes[(path, name)].body if isinstance(s, (ast.FunctionDef, ast.AsyncFunctionDef)) and s.name == t[2])
@@ -420,8 +419,7 @@ class Finder:
 
     def _statement(self, stmt: ast.stmt, scope: Scope) -> None:
         if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            self._add(scope.names, stmt.name, {("def", self.path, f"{id(stmt)}")})
-            self.functions[(self.path, f"{id(stmt)}")] = stmt
+            self._add(scope.names, stmt.name, {("def", stmt)})
             self._function(stmt, scope, None)
         elif isinstance(stmt, ast.ClassDef):
             self._class(stmt, scope)
