@@ -130,7 +130,7 @@ def _tensorrt(report: DoctorReport) -> tuple[object | None, str]:
 
 def _pick(report: DoctorReport, trt, missing: str, bundle: str | Path | None) -> None:
     """The backend `create_backend(bundle, "auto")` would choose, and why."""
-    from merino_edge.export.bundle import Bundle
+    from merino_edge.bundle import Bundle
 
     loaded = None if bundle is None else Bundle.load(bundle, verify=False)
     if trt is None:

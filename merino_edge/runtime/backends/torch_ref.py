@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from merino_edge.bundle import DEFAULT_MAX_BATCH, Bundle
 from merino_edge.errors import InputError, MissingDependencyError
-from merino_edge.export.bundle import DEFAULT_MAX_BATCH, Bundle
 from merino_edge.runtime.backend import Backend, positions_from_mask
 
 

@@ -6,17 +6,17 @@ import json
 import numpy as np
 import pytest
 
+from merino_edge.engine_record import CONTEXT, GENERATION, HostInfo
 from merino_edge.errors import IncompatibleError
-from merino_edge.export.engine_record import CONTEXT, GENERATION, HostInfo
-from merino_edge.export.parts import dims, read_graphs
-from merino_edge.jetson.profile_tensorrt import ENGINES_HOST, arena_bytes, check_engines_host, part_profiles, profile_for
+from merino_edge.profiling.parts import dims, read_graphs
+from merino_edge.profiling.tensorrt import ENGINES_HOST, arena_bytes, check_engines_host, part_profiles, profile_for
 
 NANO = HostInfo("10.3.0", "Orin", "8.7", l4t="36.4.0", jetpack="6.1", board="NVIDIA Jetson Orin Nano Developer Kit")
 
 
 def test_a_layer_gets_the_context_and_generation_profiles_of_the_runtime_engine(tiny):
     graphs = read_graphs(tiny.graphs)
-    (layer,) = [p for p in graphs["parts"] if p["name"] == "layer_E128_R2"]
+    (layer,) = [p for p in graphs.parts if p.name == "layer_E128_R2"]
     context, generation = part_profiles(layer, max_positions=128)
     assert (context.name, generation.name) == (CONTEXT, GENERATION)
     # the prompt: 1..128 tokens, no past
@@ -26,7 +26,7 @@ def test_a_layer_gets_the_context_and_generation_profiles_of_the_runtime_engine(
     assert (generation["past_key"].min, generation["past_key"].max) == ((1, 2, 1, 64), (1, 2, 127, 64))
     assert generation["x"].max == (1, 1, 128) and generation["attn_bias"].max == (1, 1, 1, 128)
     for profile in (context, generation):
-        assert {r.name for r in profile.inputs} == set(layer["inputs"])
+        assert {r.name for r in profile.inputs} == set(layer.inputs)
         assert all(np.all(np.array(r.min) <= np.array(r.opt)) and np.all(np.array(r.opt) <= np.array(r.max)) for r in profile.inputs)
 
 
@@ -38,9 +38,9 @@ def test_grid_points_run_on_the_profile_the_runtime_uses():
 
 def test_the_arena_holds_the_largest_part_at_the_largest_shapes(tiny):
     graphs = read_graphs(tiny.graphs)
-    p = graphs["model"]["max_positions"]
-    for part in graphs["parts"]:
-        needed = sum(8 * int(np.prod(dims(t, p, p - 1))) for t in (*part["inputs"].values(), *part["outputs"].values()))
+    p = graphs.model["max_positions"]
+    for part in graphs.parts:
+        needed = sum(8 * int(np.prod(dims(t, p, p - 1))) for t in (*part.inputs.values(), *part.outputs.values()))
         assert arena_bytes(graphs) >= needed
 
 
