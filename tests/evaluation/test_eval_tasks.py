@@ -13,7 +13,7 @@ from shared_paths import EVAL
 from merino_edge.evaluation.tasks import TASKS, local_task_config, macro_f1
 
 LM_EVAL_TASKS = Path(lm_eval.tasks.__file__).parent
-# Item counts from ../shared/eval/README.md.
+# Item counts of the local eval sets (one file per task).
 COUNTS = {
     "hellaswag": 10042, "winogrande": 1267, "openbookqa": 500, "boolq": 3270, "wic": 638, "cb": 56, "rte": 277, "pubmedqa": 500,
     "logiqa": 651, "lambada_openai": 5153, "piqa": 1838, "arc_easy": 2376, "arc_challenge": 1172, "copa": 100,
