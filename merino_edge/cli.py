@@ -6,7 +6,7 @@ Every library import happens inside the command that needs it, so that
 with exit status 2 and one line on stderr.
 
 A flag whose setting belongs to a config dataclass (or to the library function
-a command calls) takes its default from there: `_option` leaves the flag out of
+a command calls) takes its default from there: `cli_flags.option` leaves the flag out of
 the parsed arguments unless it is given, the dataclass fills in the rest, and
 `--help` shows the dataclass's default.
 """
@@ -15,143 +15,36 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import sys
 
 from merino_edge import __version__
+from merino_edge.cli_flags import HelpFormatter, Parser, Subcommands, given, numbers, option, typed
 from merino_edge.errors import MerinoError
 
 PROG = "merino-edge"
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a usage error in one line (exit status 2)."""
-
-    def error(self, message: str):  # noqa: D102 - argparse API
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
-class _HelpFormatter(argparse.HelpFormatter):
-    """Help that ends every option with its default, unless it has none (None) or is a switch."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        default = getattr(action, "library_default", action.default)
-        text = action.help or ""
-        if not action.option_strings or action.nargs == 0 or default in (None, argparse.SUPPRESS, [], ()) or "%(default" in text:
-            return text
-        if isinstance(default, (tuple, list)):
-            default = (" " if action.nargs in ("+", "*") else ",").join(f"{v:g}" if isinstance(v, float) else str(v) for v in default)
-        return f"{text} (default: {str(default).replace('%', '%%')})"
-
-
-class _Subcommands(argparse._SubParsersAction):
-    """Sub-commands of a command that also runs alone (`profile` and `profile validate`).
-
-    Flags do not cross over: the command's own flags given before a sub-command,
-    or a sub-command's flags given to the command alone, are a usage error.
-    """
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        given = [a.option_strings[0] for a in parser._actions if hasattr(a, "library_default") and hasattr(namespace, a.dest)]
-        if given:
-            parser.error(f"{', '.join(given)}: a flag of `{parser.prog}` alone; the flags of `{values[0]}` go after it")
-        super().__call__(parser, namespace, values, option_string)
-
-    def refuse_their_flags(self, parent: argparse.ArgumentParser) -> None:
-        """Give `parent` each flag only a sub-command has, as an error naming that sub-command."""
-        for name, sub in self.choices.items():
-            for flag in (f for a in sub._actions for f in a.option_strings if f not in parent._option_string_actions):
-                parent.add_argument(flag, nargs="*", action=_Misplaced, sub=f"{parent.prog} {name}", dest=argparse.SUPPRESS, help=argparse.SUPPRESS)
-
-
-class _Misplaced(argparse.Action):
-    """A sub-command's flag given to its parent command."""
-
-    def __init__(self, option_strings, dest, sub: str, **kwargs):
-        super().__init__(option_strings, dest, **kwargs)
-        self.sub = sub
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        parser.error(f"{option_string} is a flag of `{self.sub}`")
-
-
-def _default_of(source, name: str):
-    """The value of field `name` of a dataclass instance, the default of a dataclass's field or of a function's parameter."""
-    if dataclasses.is_dataclass(source) and not isinstance(source, type):
-        return getattr(source, name)
-    if dataclasses.is_dataclass(source):
-        field = {f.name: f for f in dataclasses.fields(source)}[name]
-        if field.default is not dataclasses.MISSING:
-            return field.default
-        return None if field.default_factory is dataclasses.MISSING else field.default_factory()
-    default = inspect.signature(source).parameters[name].default
-    return None if default is inspect.Parameter.empty else default
-
-
-def _option(p: argparse.ArgumentParser, source, flag: str, **kwargs) -> argparse.Action:
-    """A flag for the field (or parameter) of `source` its name spells; not given, the library's default applies."""
-    action = p.add_argument(flag, default=argparse.SUPPRESS, **kwargs)
-    action.library_default = _default_of(source, action.dest)
-    return action
-
-
-def _given(args: argparse.Namespace, source) -> dict:
-    """The settings of `source` (a dataclass or a function) that the command line gave."""
-    names = {f.name for f in dataclasses.fields(source)} if dataclasses.is_dataclass(source) else set(inspect.signature(source).parameters)
-    return {k: v for k, v in vars(args).items() if k in names}
-
-
-def _typed(parse, what):
-    """An argparse type from a library parser (`units.parse_count` ...), its error without the flag's name twice."""
-
-    def convert(text):
-        try:
-            return parse(text, what)
-        except MerinoError as exc:
-            raise argparse.ArgumentTypeError(str(exc).removeprefix(f"{what}: ")) from None
-
-    convert.__name__ = what
-    return convert
-
-
-def _numbers(cast):
-    """An argparse type for a comma-separated list of numbers."""
-
-    def convert(text):
-        try:
-            return tuple(cast(v) for v in text.split(","))
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of numbers") from None
-
-    return convert
 
 
 def _add_axes(p: argparse.ArgumentParser, what: str = "to search") -> None:
     """--widths, --ratios, --depths: the space's axes (default Table 5's)."""
     from merino_edge.arch import TABLE5
 
-    _option(p, TABLE5, "--widths", type=_numbers(int), help=f"widths E {what}")
-    _option(p, TABLE5, "--ratios", type=_numbers(float), help="FFN ratios R")
-    _option(p, TABLE5, "--depths", type=_numbers(int), help="depths L per block")
+    option(p, TABLE5, "--widths", type=numbers(int), help=f"widths E {what}")
+    option(p, TABLE5, "--ratios", type=numbers(float), help="FFN ratios R")
+    option(p, TABLE5, "--depths", type=numbers(int), help="depths L per block")
 
 
 def _add_objective(p: argparse.ArgumentParser, source) -> None:
     """--alpha, --beta, --eps: the weights of Eq. 15 and the entropy's eps."""
-    _option(p, source, "--alpha", type=_numbers(float), help="MHA,FFN weights alpha1,alpha2")
-    _option(p, source, "--beta", type=float, help="effectiveness scale beta")
-    _option(p, source, "--eps", type=float, help="entropy eps (another value than the table's uses the closed form, or rebuild the table)")
+    option(p, source, "--alpha", type=numbers(float), help="MHA,FFN weights alpha1,alpha2")
+    option(p, source, "--beta", type=float, help="effectiveness scale beta")
+    option(p, source, "--eps", type=float, help="entropy eps (another value than the table's uses the closed form, or rebuild the table)")
 
 
 def _axes(args: argparse.Namespace):
     """The axes --widths, --ratios and --depths give (Table 5's where not given)."""
     from merino_edge.arch import TABLE5
 
-    return dataclasses.replace(TABLE5, **_given(args, TABLE5))
-
-
-def fail(message: str) -> None:
-    """Raise the one-line error the CLI prints with exit status 2."""
-    raise MerinoError(message)
+    return dataclasses.replace(TABLE5, **given(args, TABLE5))
 
 
 # Each command below is a pair: `_add_<name>(parser)` declares its flags and
@@ -176,41 +69,41 @@ def _add_search(p: argparse.ArgumentParser) -> None:
         "With no budget flag the budget is --flops 60G. `merino-edge search build-table` rebuilds the entropy table."
     )
     g = p.add_argument_group("budgets (K, M, G, T decimal; Ki, Mi, Gi, Ti binary)")
-    _option(g, Budget, "--params", type=_typed(units.parse_count, "--params"), help="unique parameters, e.g. 64M")
-    _option(g, Budget, "--flops", type=_typed(units.parse_count, "--flops"), help="forward FLOPs at batch 1, sequence 1024 (LM head included), e.g. 60G")
-    _option(g, Budget, "--memory", type=_typed(units.parse_bytes, "--memory"), help="fp16 weights + KV cache at --memory-context tokens, e.g. 1G or 512Mi")
-    _option(g, Budget, "--memory-context", type=int, help="context of the memory budget")
-    _option(g, Budget, "--latency-ms", type=_typed(units.parse_ms, "--latency-ms"), help="predicted decode time per token, e.g. 30ms (needs --profile)")
-    _option(g, Budget, "--latency-context", type=int, help="KV-cache length of the latency budget")
-    _option(
-        g, Budget, "--latency-margin", type=_typed(units.parse_percent, "--latency-margin"),
+    option(g, Budget, "--params", type=typed(units.parse_count, "--params"), help="unique parameters, e.g. 64M")
+    option(g, Budget, "--flops", type=typed(units.parse_count, "--flops"), help="forward FLOPs at batch 1, sequence 1024 (LM head included), e.g. 60G")
+    option(g, Budget, "--memory", type=typed(units.parse_bytes, "--memory"), help="fp16 weights + KV cache at --memory-context tokens, e.g. 1G or 512Mi")
+    option(g, Budget, "--memory-context", type=int, help="context of the memory budget")
+    option(g, Budget, "--latency-ms", type=typed(units.parse_ms, "--latency-ms"), help="predicted decode time per token, e.g. 30ms (needs --profile)")
+    option(g, Budget, "--latency-context", type=int, help="KV-cache length of the latency budget")
+    option(
+        g, Budget, "--latency-margin", type=typed(units.parse_percent, "--latency-margin"),
         help="search this far below --latency-ms, e.g. 5%% (default: the profile's calibration error, 0 without calibration)",
     )  # fmt: skip
-    _option(g, run_search, "--profile", help="device profile JSON from `merino-edge profile`")
+    option(g, run_search, "--profile", help="device profile JSON from `merino-edge profile`")
     s = p.add_argument_group("search")
-    _option(s, SearchSpace, "--blocks", type=int, help="number of blocks N")
-    _option(s, run_search, "--iterations", type=int, help="T: mutations")
-    _option(s, run_search, "--population", type=int, help="M")
-    _option(s, run_search, "--parents", type=int, help="K")
-    _option(s, run_search, "--seed", type=int, help="seed of the evolution")
+    option(s, SearchSpace, "--blocks", type=int, help="number of blocks N")
+    option(s, run_search, "--iterations", type=int, help="T: mutations")
+    option(s, run_search, "--population", type=int, help="M")
+    option(s, run_search, "--parents", type=int, help="K")
+    option(s, run_search, "--seed", type=int, help="seed of the evolution")
     _add_objective(s, Objective)
     _add_axes(s)
     m = p.add_argument_group("model settings shared by every candidate (a --profile must have been measured with the same)")
-    _option(m, SearchSpace, "--vocab-size", type=int, help="tokenizer vocabulary")
-    _option(m, SearchSpace, "--proj-dim", type=int, help="embedding projection dim P")
-    _option(m, SearchSpace, "--max-positions", type=int, help="position embeddings")
-    _option(s, SearchResult.save, "--out", dest="path", help="where to write the arch")
-    _option(s, run_search, "--pareto", metavar="METRIC=START:STOP:POINTS", help="also sweep one budget, e.g. flops=60G:160G:11")
-    _option(s, run_search, "--pareto-out", help="directory for pareto.csv and pareto.png")
-    actions = p.add_subparsers(dest="action", metavar="[ACTION]", parser_class=type(p), action=_Subcommands)
+    option(m, SearchSpace, "--vocab-size", type=int, help="tokenizer vocabulary")
+    option(m, SearchSpace, "--proj-dim", type=int, help="embedding projection dim P")
+    option(m, SearchSpace, "--max-positions", type=int, help="position embeddings")
+    option(s, SearchResult.save, "--out", dest="path", help="where to write the arch")
+    option(s, run_search, "--pareto", metavar="METRIC=START:STOP:POINTS", help="also sweep one budget, e.g. flops=60G:160G:11")
+    option(s, run_search, "--pareto-out", help="directory for pareto.csv and pareto.png")
+    actions = p.add_subparsers(dest="action", metavar="[ACTION]", parser_class=type(p), action=Subcommands)
     t = actions.add_parser(
         "build-table", help="Monte-Carlo the entropy of every matrix shape of the space into the packaged table",
-        description="Monte-Carlo the entropy of every matrix shape of the space (the table the search reads).", formatter_class=_HelpFormatter,
+        description="Monte-Carlo the entropy of every matrix shape of the space (the table the search reads).", formatter_class=HelpFormatter,
     )  # fmt: skip
     _add_axes(t, "whose shapes to tabulate")
-    _option(t, build_table, "--eps", type=float, help="entropy eps")
-    _option(t, build_table, "--samples", type=int, help="Monte-Carlo samples per shape")
-    _option(t, build_table, "--seed", type=int, help="seed of the samples")
+    option(t, build_table, "--eps", type=float, help="entropy eps")
+    option(t, build_table, "--samples", type=int, help="Monte-Carlo samples per shape")
+    option(t, build_table, "--seed", type=int, help="seed of the samples")
     t.add_argument("--out", help="where to write the table (default: the packaged table)")
     t.set_defaults(_run=_run_build_table)
     actions.refuse_their_flags(p)
@@ -222,17 +115,17 @@ def _run_search(args: argparse.Namespace) -> int:
     from merino_edge.search.run import run_search
     from merino_edge.search.space import SearchSpace
 
-    space = SearchSpace(_axes(args), **_given(args, SearchSpace))
-    result = run_search(Budget(**_given(args, Budget)), space=space, objective=Objective(**_given(args, Objective)), **_given(args, run_search))
+    space = SearchSpace(_axes(args), **given(args, SearchSpace))
+    result = run_search(Budget(**given(args, Budget)), space=space, objective=Objective(**given(args, Objective)), **given(args, run_search))
     print(result.table())
-    print(f"wrote {result.save(**_given(args, result.save))}")
+    print(f"wrote {result.save(**given(args, result.save))}")
     return 0
 
 
 def _run_build_table(args: argparse.Namespace) -> int:
     from merino_edge.search.entropy import TABLE_PATH, build_table, search_shapes
 
-    out = build_table(search_shapes(_axes(args)), **_given(args, build_table)).save(args.out or TABLE_PATH)
+    out = build_table(search_shapes(_axes(args)), **given(args, build_table)).save(args.out or TABLE_PATH)
     print(f"wrote {out}")
     return 0
 
@@ -246,18 +139,18 @@ def _add_tokenizer(p: argparse.ArgumentParser) -> None:
 
     actions = p.add_subparsers(dest="action", metavar="ACTION", parser_class=type(p))
     actions.required = True
-    t = actions.add_parser("train", help="train a BPE SentencePiece model (byte fallback) on a corpus", formatter_class=_HelpFormatter)
+    t = actions.add_parser("train", help="train a BPE SentencePiece model (byte fallback) on a corpus", formatter_class=HelpFormatter)
     t.add_argument("--data", nargs="+", required=True, help="text files, folders, globs, .jsonl[.gz] with a 'text' field, or hf:NAME[:CONFIG][@SPLIT]")
     t.add_argument("--out", required=True, help="where to write the model, e.g. tokenizer.model")
-    _option(t, train_tokenizer, "--vocab-size", type=int, help="pieces in the vocabulary")
-    _option(t, Corpus, "--text-unit", choices=TEXT_UNITS, help="what one document of a plain text file is")
+    option(t, train_tokenizer, "--vocab-size", type=int, help="pieces in the vocabulary")
+    option(t, Corpus, "--text-unit", choices=TEXT_UNITS, help="what one document of a plain text file is")
 
 
 def _run_tokenizer(args: argparse.Namespace) -> int:
     from merino_edge.tokenizer import Tokenizer, train_tokenizer
     from merino_edge.training.data import Corpus
 
-    path = train_tokenizer(Corpus(tuple(args.data), **_given(args, Corpus)), args.out, **_given(args, train_tokenizer))
+    path = train_tokenizer(Corpus(tuple(args.data), **given(args, Corpus)), args.out, **given(args, train_tokenizer))
     tokenizer = Tokenizer(path)
     print(f"wrote {path}: {tokenizer.vocab_size} pieces, sha256 {tokenizer.sha256}")
     return 0
@@ -268,18 +161,18 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     from merino_edge.training.data import TEXT_UNITS
 
     def opt(flag: str, kind, help_text: str) -> None:
-        _option(p, TrainConfig, flag, type=kind, help=help_text)
+        option(p, TrainConfig, flag, type=kind, help=help_text)
 
     p.add_argument("--arch", required=True, help="arch.json from `merino-edge search`")
     p.add_argument("--data", nargs="+", required=True, help="text files, folders, globs, .jsonl[.gz] with a 'text' field, hf:NAME, or a prepared shard dir")
     p.add_argument("--out", required=True, help="output checkpoint directory (transformers layout + trainer_state/)")
-    _option(p, TrainConfig, "--tokenizer", help="a trained tokenizer.model (default: train one on --data with the arch's vocab_size)")
-    _option(p, TrainConfig, "--text-unit", choices=TEXT_UNITS, help="what one document of a plain text file is")
+    option(p, TrainConfig, "--tokenizer", help="a trained tokenizer.model (default: train one on --data with the arch's vocab_size)")
+    option(p, TrainConfig, "--text-unit", choices=TEXT_UNITS, help="what one document of a plain text file is")
     opt("--val-fraction", float, "fraction of documents held out for validation")
-    _option(p, TrainConfig, "--shards-dir", help="where the token shards go (default: OUT/data)")
+    option(p, TrainConfig, "--shards-dir", help="where the token shards go (default: OUT/data)")
     length = p.add_mutually_exclusive_group()
-    _option(length, TrainConfig, "--max-steps", type=int, help="optimizer steps (default: 1000 when neither this nor --max-tokens is given)")
-    _option(length, TrainConfig, "--max-tokens", type=int, help="training tokens; steps = ceil(max_tokens / batch_tokens)")
+    option(length, TrainConfig, "--max-steps", type=int, help="optimizer steps (default: 1000 when neither this nor --max-tokens is given)")
+    option(length, TrainConfig, "--max-tokens", type=int, help="training tokens; steps = ceil(max_tokens / batch_tokens)")
     opt("--seq-len", int, "tokens per sequence (paper: 1024)")
     opt("--batch-tokens", int, "effective batch in tokens per optimizer step, over all ranks (paper: 524288 = 512 x 1024)")
     opt("--micro-batch", int, "sequences per forward/backward on one device; the rest is gradient accumulation")
@@ -295,19 +188,19 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     opt("--log-every", int, "steps between training-loss records in trainer_state/log.jsonl")
     opt("--save-every", int, "steps between checkpoints")
     opt("--seed", int, "seed of the initialization, the data order and the validation split")
-    _option(p, TrainConfig, "--device", help="auto, cpu, cuda or cuda:N")
+    option(p, TrainConfig, "--device", help="auto, cpu, cuda or cuda:N")
     opt("--threads", int, "torch CPU threads (default: torch's)")
-    _option(p, TrainConfig, "--no-amp", dest="amp", action="store_false", help="train in fp32 on CUDA too (default: bf16 autocast on CUDA)")
-    _option(p, TrainConfig, "--compile", action="store_true", help="torch.compile the model")
-    _option(p, TrainConfig, "--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    _option(p, TrainConfig, "--no-progress", dest="progress", action="store_false", help="no progress bars")
+    option(p, TrainConfig, "--no-amp", dest="amp", action="store_false", help="train in fp32 on CUDA too (default: bf16 autocast on CUDA)")
+    option(p, TrainConfig, "--compile", action="store_true", help="torch.compile the model")
+    option(p, TrainConfig, "--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    option(p, TrainConfig, "--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
 def _run_train(args: argparse.Namespace) -> int:
     from merino_edge.training.config import TrainConfig
     from merino_edge.training.trainer import train
 
-    result = train(TrainConfig(**_given(args, TrainConfig)))
+    result = train(TrainConfig(**given(args, TrainConfig)))
     val = f", val loss {result.val_loss:.4f} (perplexity {result.val_perplexity:.2f})" if result.val_loss is not None else ""
     print(f"{result.out_dir}: step {result.steps}, {result.tokens:,} tokens, {result.tokens_per_s:,.0f} tokens/s{val}")
     if result.interrupted:
@@ -520,30 +413,30 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
         "Time every part of a MeRino model (each (E, R) layer, projections, embedding, head) on this device and write "
         "a device profile; `merino-edge profile validate` checks its predictions on whole models."
     )
-    _option(p, ProfileConfig, "--backend", choices=BACKENDS, help="what to time the parts on")
-    _option(p, ProfileConfig, "--precision", choices=["fp32", "fp16"], help="graph precision (default: fp16 for tensorrt, else fp32)")
-    _option(p, ProfileConfig, "--device", help="torch backend: cpu or cuda (default: cuda when available); tensorrt: the GPU index, 0 when not given")
-    _option(p, ProfileConfig, "--threads", type=int, help="CPU threads (default: every CPU this process may use)")
-    _option(p, ProfileConfig, "--quick", action="store_true", help="fewer contexts, lengths and repetitions (every (E, R) is still timed)")
-    _option(p, ProfileConfig, "--clock", choices=list(CLOCKS), help="cpu: time this process's CPU time, for a machine busy with other work (needs --threads 1)")
-    _option(p, ProfileConfig, "--flush-mib", type=int, help="buffer written before each cold decode run (default: twice the last-level cache, >= 64)")
-    _option(p, ProfileConfig, "--out", type=Path, help="the profile JSON to write")
-    _option(p, ProfileConfig, "--workdir", type=Path, help="micro-graphs and partial results, kept for resuming (default: beside --out)")
-    _option(p, ProfileConfig, "--export-only", action="store_true", help="only export the micro-graphs into --workdir (where torch is), for a board without torch")
-    _option(p, ProfileConfig, "--calibration", type=int, help="whole random models to fit the cache share and prefill scales on (ort backend; 0: none)")
-    actions = p.add_subparsers(dest="action", metavar="[ACTION]", parser_class=type(p), action=_Subcommands)
+    option(p, ProfileConfig, "--backend", choices=BACKENDS, help="what to time the parts on")
+    option(p, ProfileConfig, "--precision", choices=["fp32", "fp16"], help="graph precision (default: fp16 for tensorrt, else fp32)")
+    option(p, ProfileConfig, "--device", help="torch backend: cpu or cuda (default: cuda when available); tensorrt: the GPU index, 0 when not given")
+    option(p, ProfileConfig, "--threads", type=int, help="CPU threads (default: every CPU this process may use)")
+    option(p, ProfileConfig, "--quick", action="store_true", help="fewer contexts, lengths and repetitions (every (E, R) is still timed)")
+    option(p, ProfileConfig, "--clock", choices=list(CLOCKS), help="cpu: time this process's CPU time, for a machine busy with other work (needs --threads 1)")
+    option(p, ProfileConfig, "--flush-mib", type=int, help="buffer written before each cold decode run (default: twice the last-level cache, >= 64)")
+    option(p, ProfileConfig, "--out", type=Path, help="the profile JSON to write")
+    option(p, ProfileConfig, "--workdir", type=Path, help="micro-graphs and partial results, kept for resuming (default: beside --out)")
+    option(p, ProfileConfig, "--export-only", action="store_true", help="only export the micro-graphs into --workdir (where torch is), for a board without torch")
+    option(p, ProfileConfig, "--calibration", type=int, help="whole random models to fit the cache share and prefill scales on (ort backend; 0: none)")
+    actions = p.add_subparsers(dest="action", metavar="[ACTION]", parser_class=type(p), action=Subcommands)
     v = actions.add_parser(
         "validate", help="time random whole models against a profile's predictions",
         description="Time random whole models (held out from the calibration) against PROFILE's predictions: MAPE, share within 10 %, Spearman, a scatter plot.",
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )  # fmt: skip
     v.add_argument("profile", type=Path, metavar="PROFILE", help="the profile.json to check")
-    _option(v, ValidateConfig, "--archs", type=int, help="random architectures to time")
-    _option(v, ValidateConfig, "--seed", type=int, help="seed of the random architectures")
-    _option(v, ValidateConfig, "--arch", type=Path, action="append", help="time this arch.json instead of random ones (repeatable)")
-    _option(v, ValidateConfig, "--contexts", type=int, nargs="+", help="decode contexts to time")
-    _option(v, ValidateConfig, "--out", type=Path, help="folder for validation.json and validation.png")
-    _option(v, ValidateConfig, "--workdir", type=Path, help="the exported models (default: OUT/models; on a board without torch, export them there elsewhere)")
+    option(v, ValidateConfig, "--archs", type=int, help="random architectures to time")
+    option(v, ValidateConfig, "--seed", type=int, help="seed of the random architectures")
+    option(v, ValidateConfig, "--arch", type=Path, action="append", help="time this arch.json instead of random ones (repeatable)")
+    option(v, ValidateConfig, "--contexts", type=int, nargs="+", help="decode contexts to time")
+    option(v, ValidateConfig, "--out", type=Path, help="folder for validation.json and validation.png")
+    option(v, ValidateConfig, "--workdir", type=Path, help="the exported models (default: OUT/models; on a board without torch, export them there elsewhere)")
     v.set_defaults(_run=_run_profile_validate)
     actions.refuse_their_flags(p)
 
@@ -551,7 +444,7 @@ def _add_profile(p: argparse.ArgumentParser) -> None:
 def _run_profile(args: argparse.Namespace) -> int:
     from merino_edge.profiling.run import ProfileConfig, run_profile, summary
 
-    cfg = ProfileConfig(**_given(args, ProfileConfig))
+    cfg = ProfileConfig(**given(args, ProfileConfig))
     run = run_profile(cfg)
     if run.profile is None:
         models = f" and {len(run.calibration)} calibration models" if run.calibration else ""
@@ -565,7 +458,7 @@ def _run_profile(args: argparse.Namespace) -> int:
 def _run_profile_validate(args: argparse.Namespace) -> int:
     from merino_edge.profiling.validate import ValidateConfig, run_validation
 
-    cfg = ValidateConfig(**_given(args, ValidateConfig))
+    cfg = ValidateConfig(**given(args, ValidateConfig))
     print(run_validation(cfg).summary())
     print(f"wrote {cfg.out / 'validation.json'} and {cfg.out / 'validation.png'}")
     return 0
@@ -607,29 +500,29 @@ def _add_study(p: argparse.ArgumentParser) -> None:
     kinds = p.add_subparsers(dest="study", metavar="STUDY", parser_class=type(p))
     kinds.required = True
     q = kinds.add_parser(
-        "proxy", help="rank correlation of the entropy and other training-free proxies with trained validation loss", formatter_class=_HelpFormatter
+        "proxy", help="rank correlation of the entropy and other training-free proxies with trained validation loss", formatter_class=HelpFormatter
     )
     q.add_argument("--archs", type=int, required=True, help="architectures to sample and train")
     q.add_argument("--budget", required=True, help="flops=N and/or params=N, e.g. flops=110G")
     q.add_argument("--tokens", required=True, help="training tokens per architecture, e.g. 50M")
     q.add_argument("--data", nargs="+", required=True, help="training text (files, folders, .jsonl[.gz]) or a prepared shard folder")
     q.add_argument("--out", required=True, help="study folder (results.jsonl, report.md, scatter_*.png, models/)")
-    _option(q, StudyConfig, "--device", help="auto, cpu, cuda or cuda:N")
+    option(q, StudyConfig, "--device", help="auto, cpu, cuda or cuda:N")
     q.add_argument("--resume", action="store_true", help="continue a killed study in --out (finished architectures are not trained again)")
-    _option(q, StudyConfig, "--min-fraction", type=float, help="each architecture uses at least this share of the budget")
+    option(q, StudyConfig, "--min-fraction", type=float, help="each architecture uses at least this share of the budget")
     _add_axes(q, "of the space")
-    _option(q, StudyConfig, "--blocks", type=int, help="blocks per architecture")
-    _option(q, StudyConfig, "--vocab-size", type=int, help="tokenizer and model vocabulary")
-    _option(q, StudyConfig, "--proj-dim", type=int, help="embedding/projection dim P")
-    _option(q, StudyConfig, "--max-positions", type=int, help="learned positions")
-    _option(q, StudyConfig, "--tokenizer", help="tokenizer.model to use (default: trained once on --data)")
-    _option(q, StudyConfig, "--text-unit", choices=TEXT_UNITS, help="what a document is in plain text files")
-    _option(q, StudyConfig, "--seq-len", type=int, help="training sequence length")
-    _option(q, StudyConfig, "--batch-tokens", type=int, help="tokens per optimizer step")
-    _option(q, StudyConfig, "--micro-batch", type=int, help="sequences per forward pass")
-    _option(q, StudyConfig, "--lr", type=float, help="peak learning rate")
-    _option(q, StudyConfig, "--eval-tokens", type=int, help="validation tokens scored per architecture")
-    _option(q, StudyConfig, "--seed", type=int, help="sampling, init and data-order seed")
+    option(q, StudyConfig, "--blocks", type=int, help="blocks per architecture")
+    option(q, StudyConfig, "--vocab-size", type=int, help="tokenizer and model vocabulary")
+    option(q, StudyConfig, "--proj-dim", type=int, help="embedding/projection dim P")
+    option(q, StudyConfig, "--max-positions", type=int, help="learned positions")
+    option(q, StudyConfig, "--tokenizer", help="tokenizer.model to use (default: trained once on --data)")
+    option(q, StudyConfig, "--text-unit", choices=TEXT_UNITS, help="what a document is in plain text files")
+    option(q, StudyConfig, "--seq-len", type=int, help="training sequence length")
+    option(q, StudyConfig, "--batch-tokens", type=int, help="tokens per optimizer step")
+    option(q, StudyConfig, "--micro-batch", type=int, help="sequences per forward pass")
+    option(q, StudyConfig, "--lr", type=float, help="peak learning rate")
+    option(q, StudyConfig, "--eval-tokens", type=int, help="validation tokens scored per architecture")
+    option(q, StudyConfig, "--seed", type=int, help="sampling, init and data-order seed")
     _add_objective(q, StudyConfig)
 
 
@@ -637,8 +530,8 @@ def _run_study(args: argparse.Namespace) -> int:
     from merino_edge.training.study import StudyConfig, parse_budget, run_study
     from merino_edge.units import parse_count
 
-    given = {**_given(args, StudyConfig), "budget": parse_budget(args.budget), "tokens": parse_count(args.tokens, "--tokens")}
-    cfg = StudyConfig(**given, data=tuple(args.data), axes=_axes(args))
+    settings = {**given(args, StudyConfig), "budget": parse_budget(args.budget), "tokens": parse_count(args.tokens, "--tokens")}
+    cfg = StudyConfig(**settings, data=tuple(args.data), axes=_axes(args))
     report = run_study(cfg, resume=args.resume)
     print(report.tables())
     print(f"\nreport, plots and per-architecture results in {args.out}")
@@ -658,19 +551,19 @@ def _add_quickstart(p: argparse.ArgumentParser) -> None:
         "export, build (where TensorRT is), serve on a Unix socket and stream one completion through it. "
         "Finished stages are reused: run it again to pick up where it stopped."
     )
-    _option(p, QuickstartConfig, "--workdir", type=Path, help="where every artifact goes")
-    _option(p, QuickstartConfig, "--data", nargs="+", help="training text (files, folders, globs, .jsonl[.gz]); default: the Python documentation shipped with this interpreter")
-    _option(p, QuickstartConfig, "--steps", type=int, help="training steps")
-    _option(p, QuickstartConfig, "--batch-tokens", type=int, help="tokens per training step")
-    _option(p, QuickstartConfig, "--threads", type=int, help="CPU threads for profiling, training and serving (default: all)")
-    _option(p, QuickstartConfig, "--prompt", help="the completion asked through the socket")
-    _option(p, QuickstartConfig, "--max-tokens", type=int, help="tokens of that completion")
+    option(p, QuickstartConfig, "--workdir", type=Path, help="where every artifact goes")
+    option(p, QuickstartConfig, "--data", nargs="+", help="training text (files, folders, globs, .jsonl[.gz]); default: the Python documentation shipped with this interpreter")
+    option(p, QuickstartConfig, "--steps", type=int, help="training steps")
+    option(p, QuickstartConfig, "--batch-tokens", type=int, help="tokens per training step")
+    option(p, QuickstartConfig, "--threads", type=int, help="CPU threads for profiling, training and serving (default: all)")
+    option(p, QuickstartConfig, "--prompt", help="the completion asked through the socket")
+    option(p, QuickstartConfig, "--max-tokens", type=int, help="tokens of that completion")
 
 
 def _run_quickstart(args: argparse.Namespace) -> int:
     from merino_edge.quickstart import QuickstartConfig, run_quickstart
 
-    print(run_quickstart(QuickstartConfig(**_given(args, QuickstartConfig))))
+    print(run_quickstart(QuickstartConfig(**given(args, QuickstartConfig))))
     return 0
 
 
@@ -696,12 +589,12 @@ COMMANDS = [
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Entropy-designed small language models, from search to serving on edge boards.")
+    parser = Parser(prog=PROG, description="Entropy-designed small language models, from search to serving on edge boards.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     sub.required = True
     for name, help_text, add, run in COMMANDS:
-        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=_HelpFormatter)
+        p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=HelpFormatter)
         add(p)
         p.set_defaults(_run=run)
     return parser
