@@ -32,12 +32,23 @@ from merino_edge.runtime.backend import Backend, positions_from_mask
 from merino_edge.runtime.backends.cuda_memory import CudaMemory, open_cuda
 
 INSTALL_HINT = (
-    "TensorRT is not installed: on a Jetson (JetPack 6) `sudo apt install python3-libnvinfer` "
+    "TensorRT is not installed: on a Jetson (JetPack 6.1 or newer) `sudo apt install python3-libnvinfer` "
     "(a venv needs --system-site-packages) plus `pip install pycuda`; on x86 `pip install tensorrt pycuda`"
 )
 
 
 MIN_TENSORRT_MAJOR = 10  # strongly typed networks and execute_async_v3 by tensor name
+
+
+def version_problem(version: str) -> str | None:
+    """Why merino-edge cannot use TensorRT `version` (e.g. JetPack 6.0's 8.6), or None when it can."""
+    major = version.split(".")[0]
+    if major.isdigit() and int(major) >= MIN_TENSORRT_MAJOR:
+        return None
+    return (
+        f"TensorRT {version} is too old: merino-edge builds strongly typed networks, which need "
+        f"TensorRT {MIN_TENSORRT_MAJOR}.x or newer (JetPack 6.1 or newer; on x86 `pip install tensorrt`)"
+    )
 
 
 def import_tensorrt():
@@ -46,17 +57,14 @@ def import_tensorrt():
         import tensorrt
     except ImportError:
         raise MissingDependencyError(INSTALL_HINT) from None
-    major = int(tensorrt.__version__.split(".")[0])
-    if major < MIN_TENSORRT_MAJOR:
-        raise MissingDependencyError(
-            f"TensorRT {tensorrt.__version__} is too old: merino-edge builds strongly typed networks, which need "
-            f"TensorRT {MIN_TENSORRT_MAJOR}.x or newer (JetPack 6.1+; on x86 `pip install tensorrt`)"
-        )
+    problem = version_problem(tensorrt.__version__)
+    if problem:
+        raise MissingDependencyError(problem)
     return tensorrt
 
 
 def host_info(trt, cuda: CudaMemory) -> HostInfo:
-    """What an engine built or loaded here is tied to: TensorRT version, GPU, L4T/JetPack."""
+    """What an engine built or loaded here is tied to: TensorRT version, GPU, Jetson board model and L4T/JetPack."""
     from merino_edge.jetson.board import detect_board
 
     gpu_name, capability = cuda.gpu()
@@ -67,6 +75,7 @@ def host_info(trt, cuda: CudaMemory) -> HostInfo:
         compute_capability=capability,
         l4t=board.l4t if board else None,
         jetpack=board.jetpack if board else None,
+        board=board.model if board else None,
     )
 
 
@@ -94,7 +103,8 @@ class TensorRTBackend(Backend):
         self._cuda = open_cuda(device)
         try:
             self.record = usable_engine(bundle, trt, self._cuda)
-            self._load(trt, bundle)
+            with self._cuda.active():
+                self._load(trt, bundle)
         except BaseException:
             self._cuda.close()
             raise
@@ -106,24 +116,30 @@ class TensorRTBackend(Backend):
         self._engine = self._runtime.deserialize_cuda_engine(bundle.engine_path(ENGINE_NAME).read_bytes())
         if self._engine is None:
             raise IncompatibleError(f"TensorRT could not load the engine of {bundle.path} (its log above says why); run `merino-edge build {bundle.path}` again")
+        if self._engine.num_optimization_profiles != len(record.profiles):
+            raise IncompatibleError(
+                f"the engine of {bundle.path} has {self._engine.num_optimization_profiles} optimization profiles, its record "
+                f"{len(record.profiles)}; run `merino-edge build {bundle.path}` again"
+            )
         self.max_batch, self.max_prompt, self.max_context = record.max_batch, record.max_prompt, record.max_context
         self.vocab_size = bundle.arch.vocab_size
         self._head_dim = bundle.arch.head_dim
         self._caches = cache_tensor_names(bundle.arch)
 
-        def itemsize(tensor: str) -> int:
-            return np.dtype(trt.nptype(self._engine.get_tensor_dtype(tensor))).itemsize
+        def dtype(tensor: str) -> np.dtype:
+            return np.dtype(trt.nptype(self._engine.get_tensor_dtype(tensor)))
 
         b, s, t, v = self.max_batch, self.max_prompt, self.max_context, self.vocab_size
-        self._logits_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype("logits")))
-        self._ptr = {
-            "input_ids": cuda.alloc(b * s * 8),
-            "position_ids": cuda.alloc(b * s * 8),
-            "attention_mask": cuda.alloc(b * t * 8),
-            "logits": cuda.alloc(b * s * v * self._logits_dtype.itemsize),
-        }
-        self._kv = [tuple(cuda.alloc(b * heads * t * self._head_dim * itemsize(past)) for _ in range(2)) for past, _, heads in self._caches]
-        self._stage = {name: cuda.pinned((b * t,), np.int64) for name in ("input_ids", "position_ids", "attention_mask")}
+        self._ptr, self._stage = {}, {}
+        for tensor, count in (("input_ids", b * s), ("position_ids", b * s), ("attention_mask", b * t)):
+            kind = dtype(tensor)  # int64 from merino-edge's export; another exporter may say int32
+            if kind.kind != "i":
+                raise IncompatibleError(f"the engine of {bundle.path} takes {tensor} as {kind}, not integers; export the bundle with `merino-edge export`")
+            self._ptr[tensor] = cuda.alloc(count * kind.itemsize)
+            self._stage[tensor] = cuda.pinned((count,), kind)
+        self._logits_dtype = dtype("logits")
+        self._ptr["logits"] = cuda.alloc(b * s * v * self._logits_dtype.itemsize)
+        self._kv = [tuple(cuda.alloc(b * heads * t * self._head_dim * dtype(past).itemsize) for _ in range(2)) for past, _, heads in self._caches]
         self._last_logits = cuda.pinned((b, v), self._logits_dtype)
 
         self._contexts = {}
@@ -201,7 +217,7 @@ class TensorRTBackend(Backend):
         return out.astype(np.float32, copy=False)
 
     def close(self) -> None:
-        """Free the GPU memory now (the backend is unusable afterwards)."""
-        self._contexts = {}
-        self._engine = None
+        """Free the GPU memory now, from any thread (the backend is unusable afterwards)."""
+        with self._cuda.active():  # TensorRT and pinned memory free into this device's context
+            self._contexts, self._stage, self._last_logits, self._engine = {}, {}, None, None
         self._cuda.close()
