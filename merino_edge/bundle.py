@@ -1,6 +1,6 @@
 """The deployable bundle: one directory that the board needs, and nothing else.
 
-Layout (DESIGN.md, "Files between stages")::
+Layout (one of the files between stages, docs/architecture.md)::
 
     bundle/
       manifest.json          this module's `Manifest` (schema_version, arch, files + sha256, ...)
@@ -32,10 +32,9 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from merino_edge import __version__
 from merino_edge.arch import ArchSpec
 from merino_edge.errors import IncompatibleError, InputError
-from merino_edge.fileio import read_json, write_json_atomic
+from merino_edge.fileio import check_schema, read_json, write_json_atomic
 
 SCHEMA_VERSION = 1
 FORMAT = "merino-edge-bundle"
@@ -132,17 +131,7 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict) -> Manifest:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputError(f"{MANIFEST}: not a merino-edge bundle manifest (format {data.get('format')!r})" if isinstance(data, dict) else f"{MANIFEST}: expected a JSON object")
-        version = data.get("schema_version")
-        if not isinstance(version, int):
-            raise InputError(f"{MANIFEST}: schema_version missing or not an integer")
-        if version > SCHEMA_VERSION:
-            raise IncompatibleError(
-                f"{MANIFEST}: bundle format {version} is newer than this merino-edge {__version__} reads (up to {SCHEMA_VERSION}); upgrade merino-edge"
-            )
-        if version < 1:
-            raise IncompatibleError(f"{MANIFEST}: bundle format {version} is not supported; export the bundle again")
+        version = check_schema(data, MANIFEST, SCHEMA_VERSION, oldest=1, kind=("format", FORMAT), fix="export the bundle again")
         try:
             return cls(
                 schema_version=version,

@@ -5,7 +5,7 @@ the bundle manifest, the runtime reads it back and calls `check_compatible`
 before it deserializes anything.  The optimization-profile shapes are derived
 here too, from the bundle limits, so they can be tested without a GPU.
 
-One engine holds two optimization profiles over the graph of DESIGN.md:
+One engine holds two optimization profiles over the graph of `export/onnx.py`:
 
 - ``context``: the prompt, sequence 1..max_prompt with an empty cache (past 0);
 - ``generation``: one new token per step, past 1..max_context-1, so that past
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from merino_edge.arch import ArchSpec
 from merino_edge.errors import IncompatibleError, InputError
+from merino_edge.fileio import check_schema
 
 SCHEMA_VERSION = 1
 
@@ -213,13 +214,7 @@ class EngineRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> EngineRecord:
-        if not isinstance(data, dict):
-            raise InputError("engine record: expected a JSON object")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise IncompatibleError(
-                f"engine record: schema_version {version!r} is not the {SCHEMA_VERSION} this merino-edge reads; run `merino-edge build` again"
-            )
+        check_schema(data, "engine record", SCHEMA_VERSION, fix="run `merino-edge build` again")
         try:
             host = HostInfo.from_json(data)
             return cls(

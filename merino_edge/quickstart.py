@@ -1,4 +1,4 @@
-"""`merino-edge quickstart`: the whole design card on this machine, in one command.
+"""`merino-edge quickstart`: the whole pipeline on this machine, in one command.
 
 profile this machine -> search under a latency budget derived from that profile
 -> tokenizer + training -> export -> build (where TensorRT is) -> serve on a

@@ -1,6 +1,6 @@
 """ONNX export of a MeRino model: one graph for the prompt and for every decode step.
 
-Graph contract (DESIGN.md, "ONNX graph"); i is the layer execution 0 .. sum(depths) - 1
+Graph contract (what every runtime backend relies on); i is the layer execution 0 .. sum(depths) - 1
 and heads_i = E_i / 64 of the block that execution belongs to:
 
     inputs   input_ids        int64  [batch, seq]

@@ -1,6 +1,6 @@
 """The backend interface every inference engine implements, and `create_backend`.
 
-A backend runs the bundle's one graph (DESIGN.md, "ONNX graph") and keeps the
+A backend runs the bundle's one graph (its contract: `export/onnx.py`) and keeps the
 KV cache of one batch between calls.  The generator drives it:
 
     logits = backend.prefill(input_ids, attention_mask)   # [b, V]: each row's last real token

@@ -68,7 +68,7 @@ def test_newer_format_is_refused(bundle_copy):
     data = json.loads(path.read_text())
     data["schema_version"] = SCHEMA_VERSION + 1
     path.write_text(json.dumps(data))
-    with pytest.raises(IncompatibleError, match=f"format {SCHEMA_VERSION + 1} is newer"):
+    with pytest.raises(IncompatibleError, match=f"schema_version {SCHEMA_VERSION + 1} is not supported .*; upgrade merino-edge"):
         Bundle.load(bundle_copy)
 
 

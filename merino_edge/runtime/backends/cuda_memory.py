@@ -1,6 +1,6 @@
 """Device memory, one CUDA stream and copies: the little of CUDA the TensorRT backend needs.
 
-pycuda is the design card's choice (`pip install merino-edge[device]`);
+pycuda is the default (`pip install merino-edge[device]` installs it);
 NVIDIA's cuda-python (`cuda.bindings.runtime`, or the older `cuda.cudart`)
 works the same through this adapter.  Both use the device's primary context,
 the one TensorRT's runtime API uses, so engines and buffers live in one context.
