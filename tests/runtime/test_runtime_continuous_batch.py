@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from merino_edge.errors import InputError
-from merino_edge.runtime import Generator, SamplingParams
+from merino_edge.runtime import Generator, SamplingParams, create_backend
 from merino_edge.runtime.generator import ContinuousBatch
 from merino_edge.runtime.prefix_cache import PrefixCache
 
@@ -173,3 +173,29 @@ def test_slots_are_bounded_by_the_backend_and_in_use_ones_refuse_more(generator)
         batch.add(PROMPTS[1], greedy(5))
     with pytest.raises(InputError, match="exceeds the context"):
         ContinuousBatch(generator, 1).add(PROMPTS[0], greedy(generator.backend.max_context))
+
+
+def test_slot_mode_logits_match_torch_through_joins_and_leaves(tiny_bundle):
+    ort, ref = create_backend(tiny_bundle, "ort", threads=1), create_backend(tiny_bundle, "torch", threads=1)
+    prompts = [[1, 40, 41, 42], [300, 301, 7, 8, 9, 10, 11, 12, 13], [5]]
+    script = ["join 0", "decode", "decode", "join 1", "decode", "join 2", "decode", "decode", "leave 0", "decode",
+              "join 0", "decode", "leave 2", "leave 0", "decode", "decode"]
+    next_ids = []
+    for backend in (ort, ref):
+        backend.open_slots(3)
+    for action in script:
+        verb, _, arg = action.partition(" ")
+        if verb == "join":
+            got, want = ort.join(prompts[int(arg)]), ref.join(prompts[int(arg)])
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+            next_ids.append(int(want.argmax()))
+        elif verb == "leave":
+            for backend in (ort, ref):
+                backend.leave([int(arg)])
+            del next_ids[int(arg)]
+        else:
+            got, want = ort.decode(next_ids), ref.decode(next_ids)
+            np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
+            next_ids = [int(t) for t in want.argmax(axis=1)]
+        assert ort.lengths == ref.lengths
+    assert ort.lengths == [len(prompts[2]) + 6]  # the one left joined before 6 decodes
