@@ -342,7 +342,12 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None, help="key TCP clients must send as 'Authorization: Bearer KEY' (default $MERINO_EDGE_API_KEY)")
     p.add_argument("--backend", default="auto", choices=["auto", "ort", "tensorrt", "torch"], help="inference backend (default auto)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads of the ONNX Runtime backend")
-    p.add_argument("--queue-size", type=int, default=32, metavar="N", help="requests that may wait while one generates; more get 429 (default 32)")
+    p.add_argument("--queue-size", type=int, default=32, metavar="N", help="requests that may wait while --parallel ones generate; more get 429 (default 32)")
+    p.add_argument("--parallel", type=int, default=None, metavar="N",
+                   help="sequences that decode together, each with its own KV-cache slot (default: as many as a quarter of the free memory "
+                        "holds at the bundle's full context, at most 8 and the bundle's max batch; printed at start; 1 serves requests in turn)")
+    p.add_argument("--prefix-cache-mib", type=float, default=64, metavar="MIB",
+                   help="memory for the K/V of recent prompts, so a prompt that starts the same way prefills only the rest (default 64; 0 off)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body; larger get 413 (default 1 MiB)")
     p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S", help="seconds running requests may finish after SIGTERM (default 10)")
 
@@ -359,6 +364,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         backend=args.backend,
         threads=args.threads,
         queue_size=args.queue_size,
+        parallel=args.parallel,
+        prefix_cache_mib=args.prefix_cache_mib,
         max_body_bytes=args.max_body_bytes,
         shutdown_grace=args.shutdown_grace,
     )

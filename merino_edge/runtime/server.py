@@ -5,8 +5,8 @@ streaming), `GET /v1/models`, `GET /v1/models/{id}`, `GET /health` (503 while
 the model loads or the server shuts down, 200 when ready).  Metrics are served
 apart, on TCP (`metrics.py`).
 
-Requests are served in turn: one generation at a time, FIFO, behind a bounded
-queue (`scheduler.py` says why); a full queue answers 429.  A client that
+Requests are continuously batched: up to `parallel` sequences decode together,
+more wait FIFO behind a bounded queue (`scheduler.py`); a full queue answers 429.  A client that
 disconnects cancels its generation (waiting or running) and frees its slot.
 On SIGTERM (or Ctrl-C) the server stops accepting connections, lets running
 and queued requests finish for up to `shutdown_grace` seconds, cancels what is
@@ -47,7 +47,7 @@ from merino_edge.export.bundle import Bundle
 from merino_edge.runtime.api_responses import DONE, ResponseWriter, public_timings, sse
 from merino_edge.runtime.api_schema import APIError, ApiRequest, parse_chat_request, parse_completion_request, parse_json_body
 from merino_edge.runtime.metrics import DEFAULT_METRICS_ADDR, ServerMetrics, start_metrics_server, start_tegrastats
-from merino_edge.runtime.scheduler import Done, Failed, GenerationQueue, Job
+from merino_edge.runtime.scheduler import DEFAULT_PREFIX_CACHE_BYTES, Done, Failed, GenerationQueue, Job, default_parallel, slot_bytes
 from merino_edge.runtime.socket_path import (
     bind_tcp_socket,
     bind_unix_socket,
@@ -86,7 +86,8 @@ class ServerState:
         self.max_context = bundle.max_context
         self.vocab_size = bundle.arch.vocab_size
 
-    def load(self, backend: str = "auto", threads: int | None = None) -> None:
+    def load(self, backend: str = "auto", threads: int | None = None, parallel: int | None = None,
+             prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> None:
         """Create the backend, tokenizer and generator, then start serving (slow: run it off the event loop)."""
         from merino_edge.runtime import Generator, SamplingParams, create_backend
         from merino_edge.tokenizer import Tokenizer
@@ -95,7 +96,11 @@ class ServerState:
         self.tokenizer = Tokenizer(self.bundle.tokenizer_path)
         self.generator = Generator(engine, self.tokenizer)
         self.max_context = engine.max_context
-        self.queue = GenerationQueue(self.generator, SamplingParams, self.metrics, max_waiting=self.queue_size)
+        chosen = parallel or default_parallel(engine, self.bundle.arch)
+        log.info("parallel: %d sequences decode together (%s; KV cache %.0f MiB a slot at context %d; --parallel N to change)", chosen,
+                 "as asked" if parallel else "default for this machine's free memory", slot_bytes(engine, self.bundle.arch) / 2**20, engine.max_context)
+        self.queue = GenerationQueue(self.generator, SamplingParams, self.metrics, max_waiting=self.queue_size, parallel=chosen,
+                                     prefix_cache_bytes=prefix_cache_bytes)
         self.metrics.set_model(self.model_id, engine.name, engine.precision)
         self.metrics.ready.set(1)
         self.status = "ready"
@@ -422,12 +427,18 @@ def serve(
     backend: str = "auto",
     threads: int | None = None,
     queue_size: int = DEFAULT_QUEUE_SIZE,
+    parallel: int | None = None,
+    prefix_cache_mib: float = DEFAULT_PREFIX_CACHE_BYTES / 2**20,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     shutdown_grace: float = 10.0,
 ) -> None:
-    """Serve a bundle until SIGTERM / Ctrl-C.  `metrics_addr=None` serves no metrics."""
+    """Serve a bundle until SIGTERM / Ctrl-C.  `metrics_addr=None` serves no metrics; `parallel=None` picks it from free memory."""
     if queue_size < 0:
         raise InputError(f"--queue-size must be >= 0, got {queue_size}")
+    if parallel is not None and parallel < 1:
+        raise InputError(f"--parallel must be at least 1, got {parallel}")
+    if prefix_cache_mib < 0:
+        raise InputError(f"--prefix-cache-mib must be >= 0, got {prefix_cache_mib}")
     if max_body_bytes < 1024:
         raise InputError(f"--max-body-bytes must be at least 1024, got {max_body_bytes}")
     tcp_addr, api_key = _api_key_for(tcp, api_key)
@@ -454,7 +465,7 @@ def serve(
 
         def load():
             try:
-                state.load(backend, threads)
+                state.load(backend, threads, parallel, int(prefix_cache_mib * 2**20))
             except BaseException as exc:  # reported after the server has stopped
                 state.load_error, state.status = exc, "failed"
                 server.should_exit = True

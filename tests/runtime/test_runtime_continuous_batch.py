@@ -199,3 +199,25 @@ def test_slot_mode_logits_match_torch_through_joins_and_leaves(tiny_bundle):
             next_ids = [int(t) for t in want.argmax(axis=1)]
         assert ort.lengths == ref.lengths
     assert ort.lengths == [len(prompts[2]) + 6]  # the one left joined before 6 decodes
+
+
+def test_tensorrt_row_copies_lay_out_rows_as_place_rows_does():
+    """The TensorRT backend's device copies, replayed on host bytes, give the same cache as the numpy layout."""
+    from merino_edge.runtime.backend import place_rows
+    from merino_edge.runtime.backends.tensorrt import row_copies
+
+    rng = np.random.default_rng(0)
+    heads, d = 3, 4
+    batch, side = rng.standard_normal((3, heads, 5, d)).astype(np.float16), rng.standard_normal((1, heads, 7, d)).astype(np.float16)
+    sources = [(False, 2, 3), (False, 0, 5), (True, 0, 7), (False, 1, 1)]
+    past = 7
+    want = np.full((len(sources), heads, past, d), np.nan, np.float16)
+    place_rows(want, [(side if s else batch, row, n) for s, row, n in sources])
+
+    got = np.zeros(want.nbytes, np.uint8)  # the spare buffer after its zero fill
+    plan = row_copies([(row, (side if s else batch).shape[2], n) for s, row, n in sources], heads, past, d, 2)
+    for (s, _, _), (dst_off, dst_pitch, src_off, src_pitch, width, height) in zip(sources, plan, strict=True):
+        src = (side if s else batch).view(np.uint8).ravel()
+        for y in range(height):
+            got[dst_off + y * dst_pitch : dst_off + y * dst_pitch + width] = src[src_off + y * src_pitch : src_off + y * src_pitch + width]
+    np.testing.assert_array_equal(got.view(np.float16).reshape(want.shape), want)
