@@ -19,8 +19,9 @@ In slot mode every row's tokens are right-aligned: row r holds its own
 `lengths[r]` tokens in the last columns of the cache, the columns before them
 are zeros hidden by the attention mask, and its positions count its own tokens
 only, so a row computes what it would alone.  Joining and leaving rewrite the
-cache once into the other of its two preallocated buffers (`place_rows`),
-trimming the columns no row uses any more; decode steps append as before.
+cache's changed rows in place, or, when the columns change, the whole cache
+into the other of its two preallocated buffers (`place_rows`); decode steps
+append as before.
 
 `Backend` does the bookkeeping (attention mask, position ids, past length, the
 context limit, the row layout) once for every engine; an engine subclasses it
@@ -33,10 +34,13 @@ and implements:
         side=True runs one row on the side cache, where `join` prefills.
     _reset()        drop the cache.
     _allocate(rows) preallocate the batch cache for `rows` rows and a one-row side cache.
-    _relayout(sources, past)
-        Make the batch cache `len(sources)` rows of `past` columns: row k is
-        the last `n` tokens of row `row` of the batch cache (or of the side
-        cache when `side`), for (side, row, n) = sources[k], right-aligned.
+    _relayout(placements, rows, past, in_place)
+        Make the batch cache `rows` rows of `past` columns: for each (k,
+        from_side, r, n) in placements, row k becomes the last n tokens of row
+        r of the batch cache (or of the side cache), right-aligned, zeros
+        before.  in_place: the columns stay and only these rows are written,
+        in the cache itself (sources never overlap targets); else every row is
+        in `placements`, written into the spare buffer.
     _side_kv(), _set_side_kv(arrays)   (only where `prefix_reuse`)
         Host copies of the side cache's K/V ([1, heads, length, head_dim] per
         cache tensor, graph order), and putting such copies back as its past.
@@ -100,7 +104,7 @@ class Backend(ABC):
     def _allocate(self, rows: int) -> None: ...
 
     @abstractmethod
-    def _relayout(self, sources: list[tuple[bool, int, int]], past: int) -> None: ...
+    def _relayout(self, placements: list[tuple[int, bool, int, int]], rows: int, past: int, in_place: bool) -> None: ...
 
     def _side_kv(self) -> list[np.ndarray]:
         raise NotImplementedError(f"the {self.name} backend does not reuse prefixes")
@@ -149,6 +153,8 @@ class Backend(ABC):
         b = ids.shape[0]
         if b != self.batch_size:
             raise InputError(f"decode got {b} tokens for a batch of {self.batch_size}")
+        if self.slots and self.past_length + 1 > self.max_context:  # padding columns fill the context: drop them
+            self._lay_out([(False, r) for r in range(b)], self.lengths)
         if self.past_length + 1 > self.max_context:
             raise InputError(f"context full: {self.past_length} tokens already, the limit is {self.max_context}")
         mask = np.concatenate([self._mask, np.ones((b, 1), np.int64)], axis=1)
@@ -195,24 +201,43 @@ class Backend(ABC):
         self._side_length = n
         if reuse:
             prefix_cache.store(ids, self._side_kv)
-        lengths = [*self.lengths, n]
-        self._lay_out([(False, r, length) for r, length in enumerate(lengths[:-1])] + [(True, 0, n)], lengths)
+        self._lay_out([*((False, r) for r in range(rows)), (True, 0)], [*self.lengths, n])
         return logits[0]
 
-    def leave(self, rows) -> None:
-        """Drop these rows from the batch (slot mode); the others keep their order."""
-        gone = set(rows)
-        kept = [(r, n) for r, n in enumerate(self.lengths) if r not in gone]
-        if len(kept) + len(gone) != self.batch_size:
-            raise InputError(f"leave: rows {sorted(gone)} are not all in a batch of {self.batch_size}")
-        if not kept:
-            self.reset()
-            return
-        self._lay_out([(False, r, n) for r, n in kept], [n for _, n in kept])
+    def leave(self, rows) -> list[int]:
+        """Drop these rows (slot mode); the last rows move into the holes.
 
-    def _lay_out(self, sources: list[tuple[bool, int, int]], lengths: list[int]) -> None:
-        past = max(lengths)
-        self._relayout(sources, past)
+        Returns the old index of every row that stays, in the new order.
+        """
+        gone, b = set(rows), self.batch_size
+        if not gone <= set(range(b)):
+            raise InputError(f"leave: rows {sorted(gone)} are not all in a batch of {b}")
+        keep = b - len(gone)
+        movers = iter([r for r in range(keep, b) if r not in gone])
+        order = [next(movers) if r in gone else r for r in range(keep)]
+        if not order:
+            self.reset()
+        else:
+            lengths = self.lengths
+            self._lay_out([(False, r) for r in order], [lengths[r] for r in order])
+        return order
+
+    def _lay_out(self, sources: list[tuple[bool, int]], lengths: list[int]) -> None:
+        """Make row k of the batch row r of the batch (or of the side cache, for (True, 0)), for (from_side, r) = sources[k].
+
+        Rows that stay where they are are not touched and only new or moved
+        rows are written, unless the columns change: they grow for a longer
+        newcomer, and shrink to the longest row once a quarter of them is
+        padding no row needs (or the context is full); then the whole cache
+        is rewritten into the spare buffer.
+        """
+        past, longest = self.past_length, max(lengths)
+        rewrite = longest > past or (past - longest) * 4 > past or past >= self.max_context
+        if rewrite:
+            past = longest
+        placements = [(k, from_side, r, n) for k, ((from_side, r), n) in enumerate(zip(sources, lengths, strict=True))
+                      if rewrite or from_side or r != k]
+        self._relayout(placements, len(sources), past, in_place=not rewrite)
         n = np.array(lengths, np.int64)
         self._mask = (np.arange(past)[None, :] >= past - n[:, None]).astype(np.int64)
         self._next_position = n
@@ -243,10 +268,10 @@ class Backend(ABC):
         return f"{type(self).__name__}(precision={self.precision!r}, max_context={self.max_context}, max_batch={self.max_batch})"
 
 
-def place_rows(dst: np.ndarray, sources: list[tuple[np.ndarray, int, int]]) -> None:
-    """dst [b, heads, past, d]: row k = the last n columns of src[row], right-aligned, zeros before, for (src, row, n) = sources[k]."""
+def place_rows(dst: np.ndarray, placements: list[tuple[int, np.ndarray, int, int]]) -> None:
+    """dst [b, heads, past, d]: row k = the last n columns of src[row], right-aligned, zeros before, for each (k, src, row, n)."""
     past = dst.shape[2]
-    for k, (src, row, n) in enumerate(sources):
+    for k, src, row, n in placements:
         dst[k, :, : past - n] = 0
         dst[k, :, past - n :] = src[row, :, src.shape[2] - n :]
 

@@ -262,8 +262,8 @@ class ContinuousBatch:
     def _leave(self, rows: list[_Row]) -> None:
         if rows:
             gone = {id(row) for row in rows}
-            self.backend.leave([i for i, row in enumerate(self.rows) if id(row) in gone])
-            self.rows = [row for row in self.rows if id(row) not in gone]
+            order = self.backend.leave([i for i, row in enumerate(self.rows) if id(row) in gone])
+            self.rows = [self.rows[i] for i in order]
 
 
 def _pieces(run: Iterator[list[Piece]]) -> Iterator[Piece]:

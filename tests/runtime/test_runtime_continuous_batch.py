@@ -84,6 +84,19 @@ def test_joining_and_leaving_at_every_step_boundary(generator):
     assert batch.backend.batch_size == 0 and batch.free == 4
 
 
+def test_padding_left_by_a_long_sequence_is_dropped_when_the_context_fills(generator):
+    # A (100 tokens) leaves early; B (90) decodes to the end of the context: its 10 columns of padding must go
+    context = generator.backend.max_context
+    a, b = list(range(3, 103)), list(range(200, 290))
+    batch = ContinuousBatch(generator, 2)
+    row_a, _ = batch.add(a, greedy(3))
+    row_b, _ = batch.add(b, greedy(context - len(b)))
+    while batch.rows:
+        batch.step()
+    assert (row_a.finish_reason, row_b.finish_reason) == ("length", "length")
+    assert row_b.token_ids == generator.generate(b, greedy(context - len(b))).token_ids
+
+
 def test_seeded_sampling_repeats_under_concurrency(generator):
     requests = [(p, seeded(n + 4, seed)) for seed, (p, n) in enumerate(zip(PROMPTS, MAX_TOKENS, strict=True))]
     alone = [generator.generate(p, params).token_ids for p, params in requests]
@@ -190,15 +203,15 @@ def test_slot_mode_logits_match_torch_through_joins_and_leaves(tiny_bundle):
             np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
             next_ids.append(int(want.argmax()))
         elif verb == "leave":
-            for backend in (ort, ref):
-                backend.leave([int(arg)])
-            del next_ids[int(arg)]
+            order = ort.leave([int(arg)])
+            assert ref.leave([int(arg)]) == order
+            next_ids = [next_ids[i] for i in order]
         else:
             got, want = ort.decode(next_ids), ref.decode(next_ids)
             np.testing.assert_allclose(got, want, atol=1e-4, rtol=0)
             next_ids = [int(t) for t in want.argmax(axis=1)]
         assert ort.lengths == ref.lengths
-    assert ort.lengths == [len(prompts[2]) + 6]  # the one left joined before 6 decodes
+    assert ort.lengths == [len(prompts[1]) + 7]  # the last rows moved into the holes: prompt 1 stays, after 7 decodes
 
 
 def test_tensorrt_row_copies_lay_out_rows_as_place_rows_does():
@@ -212,10 +225,10 @@ def test_tensorrt_row_copies_lay_out_rows_as_place_rows_does():
     sources = [(False, 2, 3), (False, 0, 5), (True, 0, 7), (False, 1, 1)]
     past = 7
     want = np.full((len(sources), heads, past, d), np.nan, np.float16)
-    place_rows(want, [(side if s else batch, row, n) for s, row, n in sources])
+    place_rows(want, [(k, side if s else batch, row, n) for k, (s, row, n) in enumerate(sources)])
 
     got = np.zeros(want.nbytes, np.uint8)  # the spare buffer after its zero fill
-    plan = row_copies([(row, (side if s else batch).shape[2], n) for s, row, n in sources], heads, past, d, 2)
+    plan = row_copies([(k, row, (side if s else batch).shape[2], n) for k, (s, row, n) in enumerate(sources)], heads, past, d, 2)
     for (s, _, _), (dst_off, dst_pitch, src_off, src_pitch, width, height) in zip(sources, plan, strict=True):
         src = (side if s else batch).view(np.uint8).ravel()
         for y in range(height):

@@ -163,15 +163,17 @@ class OrtBackend(Backend):
     def _view(self, contents: np.ndarray, heads: int, rows: int, past: int) -> np.ndarray:
         return contents[: rows * heads * past * self.head_dim].reshape(rows, heads, past, self.head_dim)
 
-    def _relayout(self, sources, past):
-        rows, old_past = self.batch_size, self.past_length
+    def _relayout(self, placements, rows, past, in_place):
+        old_rows, old_past = self.batch_size, self.past_length
         for t, h in enumerate(self._tensor_heads):
-            batch = self._view(_host(self._batch.past[t]), h, rows, old_past)
+            batch = self._view(_host(self._batch.past[t]), h, self._batch.rows if in_place else old_rows, old_past)
             side = self._view(_host(self._side.past[t]), h, 1, self._side_length)
-            target = _host(self._batch.spare[t])
-            place_rows(self._view(target, h, len(sources), past), [(side if from_side else batch, row, n) for from_side, row, n in sources])
-            _commit(self._batch.spare[t], target)
-        self._batch.swap()
+            buffer = self._batch.past[t] if in_place else self._batch.spare[t]
+            target = _host(buffer)  # on the CPU the buffer itself (`batch` may view it too)
+            place_rows(self._view(target, h, rows, past), [(k, side if from_side else batch, r, n) for k, from_side, r, n in placements])
+            _commit(buffer, target)
+        if not in_place:
+            self._batch.swap()
 
     def _side_kv(self) -> list[np.ndarray]:
         return [self._view(_host(buf), h, 1, self._side_length).copy() for buf, h in zip(self._side.past, self._tensor_heads, strict=True)]

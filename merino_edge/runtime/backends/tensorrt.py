@@ -17,8 +17,9 @@ Continuous batching: the batch pairs hold max_batch rows (the engine's
 profiles take batch 1..max_batch, so `--parallel` is at most the max batch it
 was built with) and a one-row side pair takes a joining sequence's prefill
 through the context profile (batch 1, past 0).  A join or leave rewrites the
-batch cache into its spare buffer on the device: one zero fill and one 2-D
-copy (`row_copies`: heads x the row's tokens) per row and cache tensor.
+batch cache's new or moved rows in place, or the whole cache into its spare
+buffer when the columns change, on the device: a zero fill and one 2-D copy
+(`row_copies`: heads x the row's tokens) per row written and cache tensor.
 Prefix reuse is off here: the context profile has no past, so the rest of a
 prompt after a cached prefix would run one token per call.
 """
@@ -106,18 +107,18 @@ class _KVPairs:
         self.current = 1 - self.current
 
 
-def row_copies(sources: list[tuple[int, int, int]], heads: int, past: int, head_dim: int, itemsize: int) -> list[tuple[int, int, int, int, int, int]]:
+def row_copies(placements: list[tuple[int, int, int, int]], heads: int, past: int, head_dim: int, itemsize: int) -> list[tuple[int, int, int, int, int, int]]:
     """The 2-D copies that lay out rows right-aligned in a [rows, heads, past, head_dim] cache.
 
-    sources[k] = (source row, source past, n): the last n columns of that row
-    of a [*, heads, source past, head_dim] cache become row k's last n columns.
+    For each (k, source row, source past, n) the last n columns of that row of
+    a [*, heads, source past, head_dim] cache become row k's last n columns.
     Each copy is (dst offset, dst pitch, src offset, src pitch, width, height)
     in bytes: `heads` runs of n * head_dim values, one per head.
     """
     token = head_dim * itemsize
     return [
         (((k * heads) * past + past - n) * token, past * token, ((row * heads) * src_past + src_past - n) * token, src_past * token, n * token, heads)
-        for k, (row, src_past, n) in enumerate(sources)
+        for k, row, src_past, n in placements
     ]
 
 
@@ -240,19 +241,24 @@ class TensorRTBackend(Backend):
     def _allocate(self, rows: int) -> None:
         pass  # allocated at load, for the engine's max batch
 
-    def _relayout(self, sources, past):
-        rows = len(sources)
+    def _relayout(self, placements, rows, past, in_place):
         src_past = {True: self._side_length, False: self.past_length}
         with self._cuda.active():
             for t, ((_, _, heads), size) in enumerate(zip(self._caches, self._itemsizes, strict=True)):
-                dst = self._batch.spare(t)
-                self._cuda.zero(dst, rows * heads * past * self._head_dim * size)
-                sides = [self._side.past(t) if from_side else self._batch.past(t) for from_side, _, _ in sources]
-                plan = row_copies([(row, src_past[from_side], n) for from_side, row, n in sources], heads, past, self._head_dim, size)
-                for src, (dst_off, dst_pitch, src_off, src_pitch, width, height) in zip(sides, plan, strict=True):
+                dst = self._batch.past(t) if in_place else self._batch.spare(t)
+                row_bytes = heads * past * self._head_dim * size
+                if in_place:
+                    for k, *_ in placements:
+                        self._cuda.zero(dst + k * row_bytes, row_bytes)
+                else:
+                    self._cuda.zero(dst, rows * row_bytes)
+                plan = row_copies([(k, r, src_past[from_side], n) for k, from_side, r, n in placements], heads, past, self._head_dim, size)
+                for (_, from_side, _, _), (dst_off, dst_pitch, src_off, src_pitch, width, height) in zip(placements, plan, strict=True):
+                    src = self._side.past(t) if from_side else self._batch.past(t)
                     self._cuda.copy_2d(dst + dst_off, dst_pitch, src + src_off, src_pitch, width, height)
             self._cuda.synchronize()
-        self._batch.swap()
+        if not in_place:
+            self._batch.swap()
 
     def score(self, input_ids, attention_mask=None) -> np.ndarray:
         ids, mask = self._check_inputs(input_ids, attention_mask)

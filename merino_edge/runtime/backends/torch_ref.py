@@ -94,12 +94,15 @@ class TorchBackend(Backend):
             cache.update(self._torch.from_numpy(arrays[i]), self._torch.from_numpy(arrays[i + 1]), i // 2)
         return cache
 
-    def _relayout(self, sources, past):
+    def _relayout(self, placements, rows, past, in_place):
         batch, side = self._arrays(self._cache), self._arrays(self._side)
         out = []
         for t, like in enumerate(side or batch):
-            dst = np.empty((len(sources), like.shape[1], past, like.shape[3]), like.dtype)
-            place_rows(dst, [((side if from_side else batch)[t], row, n) for from_side, row, n in sources])
+            dst = np.zeros((rows, like.shape[1], past, like.shape[3]), like.dtype)
+            if in_place:
+                kept = min(rows, batch[t].shape[0])
+                dst[:kept] = batch[t][:kept]
+            place_rows(dst, [(k, (side if from_side else batch)[t], r, n) for k, from_side, r, n in placements])
             out.append(dst)
         self._cache = self._from_arrays(out)
 
