@@ -334,6 +334,16 @@ def _run_doctor(args: argparse.Namespace) -> int:
 # --------------------------------------------- serve / chat / complete (#6)
 
 
+def _parallel(text: str) -> int | None:
+    """--parallel: 'auto' (None: the server picks) or a whole number."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a whole number") from None
+
+
 def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", help="bundle directory (merino-edge export)")
     p.add_argument("--socket", default=None, metavar="PATH", help="Unix socket (default $XDG_RUNTIME_DIR/merino-edge/api.sock, else /run/merino-edge/api.sock)")
@@ -343,9 +353,9 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "ort", "tensorrt", "torch"], help="inference backend (default auto)")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads of the ONNX Runtime backend")
     p.add_argument("--queue-size", type=int, default=32, metavar="N", help="requests that may wait while --parallel ones generate; more get 429 (default 32)")
-    p.add_argument("--parallel", type=int, default=None, metavar="N",
-                   help="sequences that decode together, each with its own KV-cache slot (default: as many as a quarter of the free memory "
-                        "holds at the bundle's full context, at most 8 and the bundle's max batch; printed at start; 1 serves requests in turn)")
+    p.add_argument("--parallel", type=_parallel, default=None, metavar="N",
+                   help="sequences that decode together, each with its own KV-cache slot (default auto: as many as a quarter of the free "
+                        "memory holds at the bundle's full context, at most 8 and the bundle's max batch; printed at start; 1 serves requests in turn)")
     p.add_argument("--prefix-cache-mib", type=float, default=64, metavar="MIB",
                    help="memory for the K/V of recent prompts, so a prompt that starts the same way prefills only the rest (default 64; 0 off)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body; larger get 413 (default 1 MiB)")
