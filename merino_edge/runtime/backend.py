@@ -13,7 +13,7 @@ or continuous batching, rows joining and leaving between steps:
     backend.open_slots(n)                                 # KV cache for n sequences, allocated once
     logits = backend.join(prompt_ids, prefix_cache)       # [V]: prefill one sequence alone, add it as the last row
     logits = backend.decode(next_ids)                     # [rows, V]: one graph call for every row
-    backend.leave([2])                                    # drop row 2 (the rows after it move up)
+    order = backend.leave([2])                            # drop row 2 (the last row moves into its place)
 
 In slot mode every row's tokens are right-aligned: row r holds its own
 `lengths[r]` tokens in the last columns of the cache, the columns before them
