@@ -12,7 +12,9 @@ this machine (E128xR2xL1 | E256xR2xL1 | E256xR2xL1, vocabulary 1024, projection
 - overhead: one client streaming `/v1/completions` over the socket vs
   `Generator.generate` in-process (tokens/s end to end; the target is < 5 %);
 - concurrency: `merino-edge serve --parallel 1` (served in turn) and
-  `--parallel N` (continuous batching), each with 1, 2, 4, 8, 16 clients of
+  `--parallel N` (continuous batching), both up at once and run back to back
+  at each client count (so a change in the machine's load hits both), with 1,
+  2, 4, 8, 16 clients of
   the official `openai` client streaming `--requests-per-client` completions
   one after another.  Prompts differ from the first token on and the prefix
   cache is off, so every request pays its whole prefill.  max_tokens varies
@@ -166,21 +168,23 @@ def bench_arch(name: str, work: Path, sock_dir: Path, args) -> dict:
     tokenizer = build_tokenizer(work / f"tokenizer-{arch.vocab_size}.model", arch.vocab_size)
     _, bundle = build_bundle(name, arch, tokenizer, work)
     inproc = in_process(bundle, args)
+    servers = {parallel: Server(bundle, sock_dir, args.threads, parallel) for parallel in sorted({1, args.parallel})}
     modes = {}
-    for parallel in sorted({1, args.parallel}):
-        server = Server(bundle, sock_dir, args.threads, parallel)
-        try:
+    try:
+        for parallel, server in servers.items():
             for _ in range(2):  # warm-up
                 stream_once(server.client, server.model, PROMPT, args.load_tokens)
             single = [stream_once(server.client, server.model, PROMPT, args.new_tokens) for _ in range(args.repeats)]
-            socket = {"tokens_per_s": statistics.median(r["tokens"] / r["total"] for r in single),
-                      "ttft_ms": statistics.median(r["ttft"] for r in single) * 1000}
-            spread = args.load_tokens / socket["tokens_per_s"]  # one single-client request's time
-            runs = [load(server, n, args, spread, seed=n) for n in args.clients]
-        finally:
+            modes[parallel] = {"socket": {"tokens_per_s": statistics.median(r["tokens"] / r["total"] for r in single),
+                                          "ttft_ms": statistics.median(r["ttft"] for r in single) * 1000}, "load": []}
+        spread = args.load_tokens / modes[1]["socket"]["tokens_per_s"]  # one single-client request's time
+        for n in args.clients:  # the modes back to back at every client count, so a change in the machine's load hits both
+            for parallel, server in servers.items():
+                modes[parallel]["load"].append(load(server, n, args, spread, seed=n))
+            print(f"{name}: {n} clients done", file=sys.stderr)
+    finally:
+        for server in servers.values():
             server.stop()
-        modes[parallel] = {"socket": socket, "load": runs}
-        print(f"{name}: --parallel {parallel} done", file=sys.stderr)
     socket = modes[1]["socket"]
     return {"arch": name, "params": arch.params(), "bundle": str(bundle), "in_process": inproc, "socket_sse": socket,
             "overhead": 1 - socket["tokens_per_s"] / inproc["tokens_per_s"],
