@@ -42,7 +42,7 @@ import numpy as np
 
 from merino_edge.arch import ArchSpec, Block, load_arch
 from merino_edge.fileio import write_json_atomic
-from merino_edge.jetson.board import cpu_model
+from merino_edge.host import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "runtime_bench.json"
 

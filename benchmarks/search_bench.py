@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from merino_edge.fileio import write_json_atomic
-from merino_edge.jetson.board import cpu_model
+from merino_edge.host import cpu_model
 from merino_edge.search.budgets import Budget, Costs
 from merino_edge.search.entropy import entropy_source
 from merino_edge.search.evolution import evolve

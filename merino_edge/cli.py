@@ -452,76 +452,32 @@ def _run_profile(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     if args.action == "validate":
-        from merino_edge.arch import load_arch
-        from merino_edge.device_profile import DeviceProfile
-        from merino_edge.jetson.models import model_dirs, random_archs
-        from merino_edge.jetson.validate import DECODE_CONTEXTS, validate_profile
+        from merino_edge.profiling.validate import DECODE_CONTEXTS, ValidateConfig, run_validation
 
         if not args.profile:
             fail("profile validate: name the profile.json to validate")
-        profile = DeviceProfile.load(args.profile)
         out = Path(args.out or "validation")
-        models = Path(args.workdir or out / "models")
-        try:
-            from merino_edge.export.micro import export_validation_models
-        except ImportError:  # on the board: time the models exported elsewhere into `models`
-            folders = model_dirs(models)
-        else:
-            model = {k: getattr(profile, k) for k in ("vocab_size", "proj_dim", "head_dim", "max_positions")}
-            calibrated = profile.calibration.archs if profile.calibration else ()
-            archs = [load_arch(a) for a in args.arch] or random_archs(args.archs, profile.axes, seed=args.seed, exclude=calibrated, **model)
-            folders = export_validation_models(archs, models, precision=profile.backend.precision)
-        contexts = tuple(args.contexts or DECODE_CONTEXTS)
-        # Random archs are held out from the calibration; archs the user names are timed whatever they are.
-        print(validate_profile(args.profile, folders, out, decode_contexts=contexts, skip_calibrated=not args.arch).summary())
+        cfg = ValidateConfig(
+            profile=Path(args.profile), out=out, workdir=args.workdir and Path(args.workdir), archs=args.archs, seed=args.seed,
+            arch=tuple(Path(a) for a in args.arch), contexts=tuple(args.contexts or DECODE_CONTEXTS),
+        )  # fmt: skip
+        print(run_validation(cfg).summary())
         print(f"wrote {out / 'validation.json'} and {out / 'validation.png'}")
         return 0
-    from merino_edge.export.parts import GRAPHS_FILE
-    from merino_edge.jetson.models import model_dirs
-    from merino_edge.jetson.profile import CALIBRATION_DIR, profile_device, summary
+    from merino_edge.profiling.run import ProfileConfig, run_profile, summary
 
-    precision = args.precision or ("fp16" if args.backend == "tensorrt" else "fp32")
-    if args.backend == "tensorrt" and precision != "fp16":
-        fail("profile --backend tensorrt builds FP16 engines: use --precision fp16 (the default for tensorrt)")
-    if args.backend == "tensorrt":
-        from merino_edge.runtime.backends.tensorrt import import_tensorrt
-
-        import_tensorrt()  # a missing TensorRT says so before anything is exported
-    out = Path(args.out or "profile.json")
-    workdir = Path(args.workdir or out.with_name(f"{out.stem}.{args.backend}-{precision}.work"))
-    if args.calibration < 0:
-        fail(f"--calibration must be 0 or more, got {args.calibration}")
-    runners, micro = None, None
-    try:
-        from merino_edge.export import micro
-    except ImportError as exc:  # on the board: export where torch is installed, copy the work dir
-        if args.backend == "torch" or args.export_only or not (workdir / GRAPHS_FILE).exists():
-            fail(f"exporting the micro-graphs needs torch ({exc}); run `merino-edge profile --export-only --workdir DIR` where torch is installed and pass that DIR here as --workdir")
-    if args.backend == "torch":
-        runners = micro.TorchRunners(precision, args.device, args.threads)
-    elif micro is not None and not (workdir / GRAPHS_FILE).exists():
-        micro.export_micro_graphs(workdir, precision=precision)
-    # Whole models to calibrate on: timed on ONNX Runtime, so not for the torch backend.
-    calibration = None
-    if args.calibration and args.backend == "ort":
-        if micro is not None:
-            calibration = micro.export_calibration_models(workdir, args.calibration, precision=precision)
-        else:
-            calibration = model_dirs(workdir / CALIBRATION_DIR)[: args.calibration]
-    if args.export_only:
-        models = f" and {len(calibration)} calibration models" if calibration else ""
-        print(f"exported the micro-graphs{models} to {workdir}; copy it to the board and run `merino-edge profile --workdir {workdir.name}` there")
+    cfg = ProfileConfig(
+        out=Path(args.out or "profile.json"), workdir=args.workdir and Path(args.workdir), backend=args.backend, precision=args.precision,
+        device=args.device, threads=args.threads, quick=args.quick, clock=args.clock, flush_mib=args.flush_mib,
+        calibration=args.calibration, export_only=args.export_only,
+    )  # fmt: skip
+    run = run_profile(cfg)
+    if run.profile is None:
+        models = f" and {len(run.calibration)} calibration models" if run.calibration else ""
+        print(f"exported the micro-graphs{models} to {run.workdir}; copy it to the board and run `merino-edge profile --workdir {run.workdir.name}` there")
         return 0
-    if args.backend == "tensorrt":
-        from merino_edge.jetson.profile_tensorrt import TensorRTRunners
-
-        runners = TensorRTRunners(workdir, device=int(args.device or 0))
-    flush = None if args.flush_mib is None else args.flush_mib << 20
-    profile = profile_device(
-        workdir, out, threads=args.threads, quick=args.quick, clock=args.clock, flush_bytes=flush, runners=runners, calibration=calibration
-    )
-    print(summary(profile))
-    print(f"wrote {out}")
+    print(summary(run.profile))
+    print(f"wrote {cfg.out}")
     return 0
 
 

@@ -82,19 +82,20 @@ class Quickstart:
     # ------------------------------------------------------------ stages
 
     def profile(self) -> None:
-        from merino_edge.export.micro import export_calibration_models, export_micro_graphs
-        from merino_edge.jetson.profile import QUICK, Grid, profile_device
+        from merino_edge.profiling.run import QUICK, Grid, ProfileConfig, run_profile
 
         out = self.paths["profile"]
         if out.exists():
             _say(f"profile: reusing {out}")
             return
         _say(f"profile: timing every (E, R) layer of the quickstart space and {self.cfg.calibration} whole models on ONNX Runtime (CPU)")
-        work = self.dir / "profile.work"
-        export_micro_graphs(work, axes=self.cfg.axes, progress=self.cfg.progress, **self._model())
-        calibration = export_calibration_models(work, self.cfg.calibration, progress=self.cfg.progress) if self.cfg.calibration else None
         grid = Grid.from_json(self.cfg.profile_grid) if self.cfg.profile_grid else Grid(PROFILE_CONTEXTS, PROFILE_LENGTHS, QUICK.measurement)
-        profile_device(work, out, threads=self.cfg.threads, grid=grid, calibration=calibration, progress=self.cfg.progress)
+        run_profile(
+            ProfileConfig(
+                out=out, workdir=self.dir / "profile.work", threads=self.cfg.threads, calibration=self.cfg.calibration,
+                axes=self.cfg.axes, model=self._model(), grid=grid, progress=self.cfg.progress,
+            )
+        )  # fmt: skip
 
     def search(self) -> None:
         import numpy as np
@@ -162,7 +163,7 @@ class Quickstart:
         write_json_atomic(out / "train_result.json", {k: getattr(result, k) for k in ("steps", "tokens", "train_loss", "val_loss", "val_perplexity", "elapsed_s", "tokens_per_s")})
 
     def export(self) -> None:
-        from merino_edge.export.bundle import Bundle
+        from merino_edge.bundle import Bundle
         from merino_edge.export.package import export_bundle
 
         out = self.paths["bundle"]
@@ -177,7 +178,7 @@ class Quickstart:
         export_bundle(self.paths["checkpoint"], out, fp16=_has_tensorrt(), overwrite=True, progress=self.cfg.progress)
 
     def build(self) -> None:
-        from merino_edge.export.bundle import Bundle
+        from merino_edge.bundle import Bundle
 
         if not _has_tensorrt():
             _say("build: skipped (TensorRT is not installed here; ONNX Runtime serves the bundle)")
@@ -194,23 +195,15 @@ class Quickstart:
 
     def measure(self) -> None:
         """Time the exported model's decode step exactly as `profile validate` does, and its serving speed."""
-        from merino_edge.arch import save_arch
-        from merino_edge.export.bundle import Bundle
-        from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE
-        from merino_edge.jetson.validate import validate_profile
+        from merino_edge.bundle import Bundle
+        from merino_edge.profiling.validate import validate_profile
+        from merino_edge.profiling.whole_models import WholeModel
         from merino_edge.runtime.bench import bench_bundle
 
         bundle = Bundle.load(self.paths["bundle"], verify=False)
-        folder = self.dir / "validation" / "model"
-        folder.mkdir(parents=True, exist_ok=True)
-        graph = bundle.onnx_path("fp32")
-        for src, name in ((graph, GRAPH_FILE), (graph.with_name(graph.name + ".data"), GRAPH_FILE + ".data")):
-            (folder / name).unlink(missing_ok=True)
-            (folder / name).symlink_to(src)
-        save_arch(folder / ARCH_FILE, bundle.arch)
         _say(f"validate: the latency model's prediction against the whole model at context {self.cfg.latency_context}")
         report = validate_profile(
-            self.paths["profile"], [folder], self.dir / "validation",
+            self.paths["profile"], [WholeModel(bundle.arch, bundle.onnx_path("fp32"))], self.dir / "validation",
             decode_contexts=(self.cfg.latency_context,), prefill_lengths=(PROFILE_LENGTHS[1],), skip_calibrated=False, progress=self.cfg.progress,
         )  # fmt: skip
         self.facts["decode"] = next(p for p in report.points if p.phase == "decode")

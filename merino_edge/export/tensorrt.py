@@ -15,8 +15,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from merino_edge.engine_record import ENGINE_FILE, ENGINE_NAME, TIMING_CACHE_FILE, EngineRecord, manifest_profiles
 from merino_edge.errors import InputError, MerinoError
-from merino_edge.export.engine_record import ENGINE_FILE, ENGINE_NAME, TIMING_CACHE_FILE, EngineRecord, manifest_profiles
 from merino_edge.fileio import write_bytes_atomic
 
 DEFAULT_WORKSPACE_MIB = 1024
@@ -117,7 +117,7 @@ def build_engine(
     device: int = 0,
 ) -> EngineRecord:
     """Build the FP16 engine of the bundle at `bundle_dir`, store it there and record it in the manifest."""
-    from merino_edge.export.bundle import Bundle
+    from merino_edge.bundle import Bundle
     from merino_edge.runtime.backends.cuda_memory import open_cuda
     from merino_edge.runtime.backends.tensorrt import host_info, import_tensorrt
 

@@ -64,8 +64,8 @@ from pathlib import Path
 
 import numpy as np
 
+from merino_edge.bundle import Bundle
 from merino_edge.errors import InputError, MerinoError
-from merino_edge.export.bundle import Bundle
 
 log = logging.getLogger("merino_edge.runtime")
 

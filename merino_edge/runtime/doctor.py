@@ -113,7 +113,7 @@ def _jetson(report: DoctorReport, board) -> None:
 
 def _pick(report: DoctorReport, trt, bundle: str | Path | None) -> None:
     """The backend `create_backend(bundle, "auto")` would choose, and why."""
-    from merino_edge.export.bundle import Bundle
+    from merino_edge.bundle import Bundle
 
     loaded = None if bundle is None else Bundle.load(bundle, verify=False)
     if trt is None:

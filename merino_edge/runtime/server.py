@@ -42,8 +42,8 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from merino_edge.bundle import Bundle
 from merino_edge.errors import InputError, MerinoError
-from merino_edge.export.bundle import Bundle
 from merino_edge.runtime.api_responses import DONE, ResponseWriter, public_timings, sse
 from merino_edge.runtime.api_schema import APIError, ApiRequest, parse_chat_request, parse_completion_request, parse_json_body
 from merino_edge.runtime.metrics import DEFAULT_METRICS_ADDR, ServerMetrics, start_metrics_server, start_tegrastats

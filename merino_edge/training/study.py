@@ -221,8 +221,9 @@ def _start_or_resume(cfg: StudyConfig, out: Path, resume: bool) -> list[ArchSpec
 
 def _tokenizer_path(cfg: StudyConfig, out: Path) -> Path:
     """The tokenizer every run shares: given, beside prepared shards, or trained once now."""
+    from merino_edge.token_shards import MANIFEST
     from merino_edge.tokenizer import FILE_NAME, train_tokenizer
-    from merino_edge.training.data import MANIFEST, Corpus
+    from merino_edge.training.data import Corpus
 
     if cfg.tokenizer:
         return Path(cfg.tokenizer)

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
+from merino_edge.bundle import MANIFEST, SCHEMA_VERSION, Bundle, ChatTemplate, Manifest, file_sha256
 from merino_edge.errors import IncompatibleError, InputError
-from merino_edge.export.bundle import MANIFEST, SCHEMA_VERSION, Bundle, ChatTemplate, Manifest, file_sha256
 from merino_edge.export.package import export_bundle
 from merino_edge.model import MeRinoConfig
 

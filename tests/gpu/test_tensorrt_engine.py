@@ -20,9 +20,9 @@ import pytest
 
 pytest.importorskip("tensorrt", reason="TensorRT is not installed: run these on a Jetson or a CUDA machine (docs/tensorrt.md)")
 
+from merino_edge.bundle import MANIFEST, Bundle  # noqa: E402
+from merino_edge.engine_record import ENGINE_FILE, ENGINE_NAME, EngineRecord  # noqa: E402
 from merino_edge.errors import IncompatibleError  # noqa: E402
-from merino_edge.export.bundle import MANIFEST, Bundle  # noqa: E402
-from merino_edge.export.engine_record import ENGINE_FILE, ENGINE_NAME, EngineRecord  # noqa: E402
 from merino_edge.export.tensorrt import build_engine  # noqa: E402
 from merino_edge.fileio import write_json_atomic  # noqa: E402
 from merino_edge.runtime import Generator, SamplingParams, create_backend  # noqa: E402

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from server_harness import ServerProcess, free_port
 
-from merino_edge.export.bundle import Bundle
+from merino_edge.bundle import Bundle
 from merino_edge.runtime.client import ApiClient, run_chat
 from merino_edge.runtime.metrics import ServerMetrics
 from merino_edge.runtime.server import ServerState, create_app

@@ -71,7 +71,8 @@ def test_a_calibrated_profile_searches_below_the_budget_by_its_fit_error(tmp_pat
 def test_pareto_sweep_writes_csv_and_png(tmp_path, capsys):
     code, out, err = run(capsys, *SMALL, "--flops", "55G", "--pareto", "flops=50G:64G:4", "--pareto-out", str(tmp_path / "p"), "--out", str(tmp_path / "a.json"))
     assert code == 0, err
-    rows = list(csv.DictReader((tmp_path / "p" / "pareto.csv").open()))
+    with (tmp_path / "p" / "pareto.csv").open() as f:
+        rows = list(csv.DictReader(f))
     assert [int(r["budget"]) for r in rows] == [50_000_000_000, 54_666_666_667, 59_333_333_333, 64_000_000_000]
     assert rows[0]["objective"] == ""  # 50G: nothing fits (the LM head alone is 50.3G)
     values = [float(r["objective"]) for r in rows[1:]]

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from merino_edge.bundle import Bundle
 from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
-from merino_edge.export.bundle import Bundle
 from merino_edge.runtime.backend import Backend, place_rows, positions_from_mask
 
 _SHORT_PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}

@@ -28,8 +28,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
-from merino_edge.export.engine_record import (
+from merino_edge.engine_record import (
     CONTEXT,
     ENGINE_NAME,
     GENERATION,
@@ -38,6 +37,7 @@ from merino_edge.export.engine_record import (
     cache_tensor_names,
     check_compatible,
 )
+from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
 from merino_edge.runtime.backend import Backend, positions_from_mask
 from merino_edge.runtime.backends.cuda_memory import CudaMemory, open_cuda
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from merino_edge.bundle import DEFAULT_MAX_BATCH, Bundle
 from merino_edge.errors import InputError, MissingDependencyError
-from merino_edge.export.bundle import DEFAULT_MAX_BATCH, Bundle
 from merino_edge.runtime.backend import Backend, place_rows, positions_from_mask
 
 

@@ -2,14 +2,14 @@
 
 import numpy as np
 
-from merino_edge.export.engine_record import CONTEXT, GENERATION
-from merino_edge.export.parts import dims, read_graphs
-from merino_edge.jetson.profile_tensorrt import arena_bytes, part_profiles, profile_for
+from merino_edge.engine_record import CONTEXT, GENERATION
+from merino_edge.profiling.parts import dims, read_graphs
+from merino_edge.profiling.tensorrt import arena_bytes, part_profiles, profile_for
 
 
 def test_a_layer_gets_the_context_and_generation_profiles_of_the_runtime_engine(tiny):
     graphs = read_graphs(tiny.graphs)
-    (layer,) = [p for p in graphs["parts"] if p["name"] == "layer_E128_R2"]
+    (layer,) = [p for p in graphs.parts if p.name == "layer_E128_R2"]
     context, generation = part_profiles(layer, max_positions=128)
     assert (context.name, generation.name) == (CONTEXT, GENERATION)
     # the prompt: 1..128 tokens, no past
@@ -19,7 +19,7 @@ def test_a_layer_gets_the_context_and_generation_profiles_of_the_runtime_engine(
     assert (generation["past_key"].min, generation["past_key"].max) == ((1, 2, 1, 64), (1, 2, 127, 64))
     assert generation["x"].max == (1, 1, 128) and generation["attn_bias"].max == (1, 1, 1, 128)
     for profile in (context, generation):
-        assert {r.name for r in profile.inputs} == set(layer["inputs"])
+        assert {r.name for r in profile.inputs} == set(layer.inputs)
         assert all(np.all(np.array(r.min) <= np.array(r.opt)) and np.all(np.array(r.opt) <= np.array(r.max)) for r in profile.inputs)
 
 
@@ -31,7 +31,7 @@ def test_grid_points_run_on_the_profile_the_runtime_uses():
 
 def test_the_arena_holds_the_largest_part_at_the_largest_shapes(tiny):
     graphs = read_graphs(tiny.graphs)
-    p = graphs["model"]["max_positions"]
-    for part in graphs["parts"]:
-        needed = sum(8 * int(np.prod(dims(t, p, p - 1))) for t in (*part["inputs"].values(), *part["outputs"].values()))
+    p = graphs.model["max_positions"]
+    for part in graphs.parts:
+        needed = sum(8 * int(np.prod(dims(t, p, p - 1))) for t in (*part.inputs.values(), *part.outputs.values()))
         assert arena_bytes(graphs) >= needed

@@ -9,9 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from merino_edge.arch import ArchSpec, Block
-from merino_edge.errors import IncompatibleError, InputError
-from merino_edge.export.bundle import MANIFEST, Bundle, Manifest
-from merino_edge.export.engine_record import (
+from merino_edge.bundle import MANIFEST, Bundle, Manifest
+from merino_edge.engine_record import (
     CONTEXT,
     ENGINE_FILE,
     ENGINE_NAME,
@@ -22,6 +21,7 @@ from merino_edge.export.engine_record import (
     manifest_profiles,
     profile_shapes,
 )
+from merino_edge.errors import IncompatibleError, InputError
 from merino_edge.export.tensorrt import parser_error_message
 from merino_edge.fileio import write_json_atomic
 
