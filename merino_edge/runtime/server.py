@@ -97,10 +97,10 @@ class ServerState:
         self.generator = Generator(engine, self.tokenizer)
         self.max_context = engine.max_context
         chosen = parallel or default_parallel(engine, self.bundle.arch)
-        log.info("parallel: %d sequences decode together (%s; KV cache %.0f MiB a slot at context %d; --parallel N to change)", chosen,
-                 "as asked" if parallel else "default for this machine's free memory", slot_bytes(engine, self.bundle.arch) / 2**20, engine.max_context)
         self.queue = GenerationQueue(self.generator, SamplingParams, self.metrics, max_waiting=self.queue_size, parallel=chosen,
                                      prefix_cache_bytes=prefix_cache_bytes)
+        log.info("parallel: %d sequences decode together (%s; KV cache %.0f MiB a slot at context %d; --parallel N to change)", chosen,
+                 "as asked" if parallel else "default for this machine's free memory", slot_bytes(engine, self.bundle.arch) / 2**20, engine.max_context)
         self.metrics.set_model(self.model_id, engine.name, engine.precision)
         self.metrics.ready.set(1)
         self.status = "ready"
