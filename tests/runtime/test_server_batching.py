@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -121,3 +123,12 @@ def test_a_stream_cancelled_midway_frees_its_slot_while_the_others_continue(bund
         assert m["merino_edge_kv_slots"] == 2 and m["merino_edge_kv_slots_in_use"] == 0
     finally:
         assert srv.stop() == 0, srv.log()
+
+
+def test_parallel_beyond_the_bundles_max_batch_or_not_a_number_exits_2(tiny_bundle, tmp_path):
+    base = [sys.executable, "-m", "merino_edge.cli", "serve", str(tiny_bundle), "--socket", str(tmp_path / "s.sock"), "--metrics-addr", "off"]
+    for value, message in [("5", "parallel: must be 1..4 (this backend's max batch), got 5"), ("0", "--parallel must be at least 1, got 0"),
+                           ("lots", "'lots' is neither 'auto' nor a whole number")]:
+        run = subprocess.run([*base, "--parallel", value], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 2 and message in run.stderr.strip().splitlines()[-1], run.stderr
+        assert "sequences decode together" not in run.stderr
