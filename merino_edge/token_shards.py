@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from merino_edge.errors import IncompatibleError, InputError
+from merino_edge.errors import InputError
+from merino_edge.fileio import check_schema
 
 SCHEMA_VERSION = 1
 MANIFEST = "manifest.json"
@@ -52,12 +53,7 @@ class ShardManifest:
 
     @classmethod
     def from_json(cls, data: dict) -> ShardManifest:
-        if not isinstance(data, dict) or data.get("kind") != KIND:
-            raise InputError("data: manifest.json is not a merino-edge token shard manifest")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise IncompatibleError(
-                f"data: shard manifest schema_version {data.get('schema_version')} is not {SCHEMA_VERSION}; prepare the data again"
-            )
+        check_schema(data, "data: shard manifest", SCHEMA_VERSION, kind=("kind", KIND), fix="prepare the data again")
         try:
             splits = {name: Split(s["documents"], s["tokens"], [Shard(**sh) for sh in s["shards"]]) for name, s in data["splits"].items()}
             fields = {k: data[k] for k in cls.__dataclass_fields__ if k != "splits"}

@@ -15,8 +15,7 @@ import numpy as np
 
 from merino_edge.arch import HEAD_DIM, MAX_POSITIONS, PROJ_DIM, TABLE5, VOCAB_SIZE, ArchSpec, Axes, Block
 from merino_edge.device_profile import needed_projections
-from merino_edge.errors import IncompatibleError
-from merino_edge.fileio import read_json
+from merino_edge.fileio import check_schema, read_json
 
 GRAPHS_SCHEMA_VERSION = 1
 GRAPHS_FILE = "graphs.json"
@@ -156,6 +155,5 @@ def read_graphs(workdir: str | Path) -> MicroGraphs:
     """The micro-graph index of a work directory made by `profiling.export.export_micro_graphs`."""
     path = Path(workdir) / GRAPHS_FILE
     data = read_json(path, "micro-graph index", missing=f"{path} not found: export the micro-graphs first (merino-edge profile does it where torch is installed)")
-    if data.get("schema_version") != GRAPHS_SCHEMA_VERSION:
-        raise IncompatibleError(f"{path}: schema_version {data.get('schema_version')!r}, this merino-edge reads {GRAPHS_SCHEMA_VERSION}; export again")
+    check_schema(data, str(path), GRAPHS_SCHEMA_VERSION, fix="export the micro-graphs again")
     return MicroGraphs.from_json(data)

@@ -63,8 +63,9 @@ def calibration_archs(graphs: MicroGraphs, n: int) -> list[ArchSpec]:
 
 def graph_shapes(arch: ArchSpec) -> tuple[dict, dict]:
     """Shape templates (as in graphs.json) of the whole model graph's inputs and outputs."""
-    inputs = {"input_ids": [1, "s"], "position_ids": [1, "s"], "attention_mask": [1, "t"]}
-    outputs = {"logits": [1, "s", arch.vocab_size]}
+    # One kept logits column, as generation asks for (example_input gives it column 0).
+    inputs = {"input_ids": [1, "s"], "position_ids": [1, "s"], "attention_mask": [1, "t"], "logits_to_keep": [1]}
+    outputs = {"logits": [1, 1, arch.vocab_size]}
     for i, heads in enumerate(arch.layer_heads()):
         for kv in ("key", "value"):
             inputs[f"past.{i}.{kv}"] = [1, heads, "c", arch.head_dim]

@@ -1,6 +1,6 @@
 """The backend interface every inference engine implements, and `create_backend`.
 
-A backend runs the bundle's one graph (DESIGN.md, "ONNX graph") and keeps the
+A backend runs the bundle's one graph (its contract: `export/onnx.py`) and keeps the
 KV cache of one batch between calls.  The generator drives it in one of two ways.
 A padded batch, all rows starting together:
 
@@ -30,7 +30,9 @@ and implements:
     _forward(input_ids, position_ids, attention_mask, last, side=False) -> logits [b, V]
         Run input_ids [b, s] against the cached past (past length =
         attention_mask.shape[1] - s, 0 right after `_reset`), append the new
-        K/V to the cache and return the logits at column `last[r]` of each row r.
+        K/V to the cache and return the logits at column `last[r]` of each row r,
+        computing the head only at those columns (`logits_columns`; the graph's
+        `logits_to_keep` input) so that a long prompt costs no [s, V] tensor.
         side=True runs one row on the side cache, where `join` prefills.
     _reset()        drop the cache.
     _allocate(rows) preallocate the batch cache for `rows` rows and a one-row side cache.
@@ -274,6 +276,12 @@ def place_rows(dst: np.ndarray, placements: list[tuple[int, np.ndarray, int, int
     for k, src, row, n in placements:
         dst[k, :, : past - n] = 0
         dst[k, :, past - n :] = src[row, :, src.shape[2] - n :]
+
+
+def logits_columns(last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct columns of `last` (the graph's `logits_to_keep`) and, for each row, the index of its own among them."""
+    keep, where = np.unique(last, return_inverse=True)
+    return keep.astype(np.int64), where.reshape(-1)
 
 
 def positions_from_mask(mask: np.ndarray) -> np.ndarray:

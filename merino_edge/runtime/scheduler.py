@@ -128,7 +128,8 @@ class GenerationQueue:
         with self._cond:
             if self._closing:
                 raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
-            if len(self._waiting) >= self.max_waiting and len(self._running) + len(self._waiting) >= self.parallel:
+            # Free slots are about to take the head of the line: it may hold that many more than max_waiting.
+            if len(self._waiting) >= self.max_waiting + max(0, self.parallel - len(self._running)):
                 raise APIError(
                     429, f"the request queue is full ({self.max_waiting} waiting); retry later", type="rate_limit_error", code="queue_full"
                 )

@@ -113,7 +113,6 @@ def test_cpu_clock_needs_one_thread(tiny, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["profile", "validate"], "name the profile.json to validate"),
         pytest.param(["profile", "--backend", "tensorrt"], "TensorRT is not installed", marks=pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed")),
         (["profile", "--backend", "tensorrt", "--precision", "fp32"], "builds FP16 engines"),
         (["profile", "validate", "missing.json"], "device profile not found: missing.json"),
@@ -126,8 +125,18 @@ def test_cli_profile_errors_are_one_line(argv, message, capsys):
     assert message in err and err.count("\n") == 1
 
 
-def test_cli_profile_without_validate_takes_no_file(capsys):
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["profile", "p.json"], "invalid choice: 'p.json'"),
+        (["profile", "validate"], "required: PROFILE"),
+        (["profile", "--archs", "5"], "--archs is a flag of `merino-edge profile validate`"),
+        (["profile", "--quick", "validate", "p.json"], "--quick: a flag of `merino-edge profile` alone"),
+        (["profile", "validate", "p.json", "--quick"], "unrecognized arguments: --quick"),
+    ],
+)
+def test_cli_profile_refuses_flags_of_the_other_command_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["profile", "p.json"])
-    assert exit_.value.code == 2
-    assert "invalid choice: 'p.json'" in capsys.readouterr().err
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and err.count("\n") == 1

@@ -1,10 +1,17 @@
-"""The TensorRT profiler's shapes, checked without TensorRT: its engines mirror the runtime's two profiles."""
+"""The TensorRT profiler checked without TensorRT: its engines mirror the runtime's two profiles, and are tied to the host."""
+
+import dataclasses
+import json
 
 import numpy as np
+import pytest
 
-from merino_edge.engine_record import CONTEXT, GENERATION
+from merino_edge.engine_record import CONTEXT, GENERATION, HostInfo
+from merino_edge.errors import IncompatibleError
 from merino_edge.profiling.parts import dims, read_graphs
-from merino_edge.profiling.tensorrt import arena_bytes, part_profiles, profile_for
+from merino_edge.profiling.tensorrt import ENGINES_HOST, arena_bytes, check_engines_host, part_profiles, profile_for
+
+NANO = HostInfo("10.3.0", "Orin", "8.7", l4t="36.4.0", jetpack="6.1", board="NVIDIA Jetson Orin Nano Developer Kit")
 
 
 def test_a_layer_gets_the_context_and_generation_profiles_of_the_runtime_engine(tiny):
@@ -35,3 +42,26 @@ def test_the_arena_holds_the_largest_part_at_the_largest_shapes(tiny):
     for part in graphs.parts:
         needed = sum(8 * int(np.prod(dims(t, p, p - 1))) for t in (*part.inputs.values(), *part.outputs.values()))
         assert arena_bytes(graphs) >= needed
+
+
+def test_engines_are_recorded_with_the_host_and_reused_only_there(tmp_path):
+    engines = tmp_path / "engines"
+    check_engines_host(engines, NANO)  # a fresh work dir: the host is recorded before any engine is built
+    assert HostInfo.from_json(json.loads((engines / ENGINES_HOST).read_text())) == NANO
+    (engines / "layer_E128_R2.engine").write_bytes(b"a plan")
+    check_engines_host(engines, NANO)  # a resumed profile on the same board
+    for other, says in [
+        (dataclasses.replace(NANO, tensorrt_version="10.7.0"), "TensorRT 10.3.0 built it, this machine has 10.7.0"),  # after a JetPack upgrade
+        (dataclasses.replace(NANO, board="NVIDIA Jetson AGX Orin Developer Kit"), "this machine is NVIDIA Jetson AGX Orin"),  # a copied work dir
+    ]:
+        with pytest.raises(IncompatibleError) as info:
+            check_engines_host(engines, other)
+        assert says in str(info.value) and str(info.value).endswith(f"delete {engines} to build them again on this machine")
+
+
+def test_engines_without_a_host_record_are_refused(tmp_path):
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    (engines / "head.engine").write_bytes(b"a plan from an older merino-edge")
+    with pytest.raises(IncompatibleError, match="nothing records what built them"):
+        check_engines_host(engines, NANO)

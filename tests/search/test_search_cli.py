@@ -123,3 +123,16 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, words):
     for word in words:
         assert word in err
     assert not (tmp_path / "a.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--samples", "2"], "--samples is a flag of `merino-edge search build-table`"),
+        (["--flops", "60G", "build-table"], "--flops: a flag of `merino-edge search` alone"),
+        (["build-table", "--flops", "60G"], "unrecognized arguments: --flops 60G"),
+    ],
+)
+def test_search_and_build_table_do_not_share_flags(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1

@@ -75,13 +75,14 @@ class TorchBackend(Backend):
                 position_ids=torch.from_numpy(position_ids),
                 cache=cache,
                 use_cache=True,
+                logits_to_keep=input_ids.shape[1] - int(last.min()),  # the head runs from the first column asked for
             )
         if side:
             self._side = cache
         else:
             self._cache = cache
         logits = out.logits.numpy()
-        return logits[np.arange(len(last)), last]
+        return logits[np.arange(len(last)), last - last.min()]
 
     @staticmethod
     def _arrays(cache) -> list[np.ndarray]:
