@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 
 import pytest
 from server_harness import ServerProcess
@@ -99,11 +98,10 @@ def test_a_stream_cancelled_midway_frees_its_slot_while_the_others_continue(bund
     try:
         long_prompt, long_tokens = "Once upon a time", 110
         want = stream_text(srv.openai(), long_prompt, long_tokens, None)
-        times, texts = {}, {}
+        texts = {}
 
         def long_run():
             texts["long"] = stream_text(srv.openai(), long_prompt, long_tokens, None)
-            times["long_done"] = time.perf_counter()
 
         runner = threading.Thread(target=long_run)
         runner.start()
@@ -112,11 +110,11 @@ def test_a_stream_cancelled_midway_frees_its_slot_while_the_others_continue(bund
         newcomer = srv.openai()
         chunks = newcomer.completions.create(model=newcomer.models.list().data[0].id, prompt="hi", max_tokens=5, temperature=0, stream=True, extra_body={"ignore_eos": True})
         for chunk in chunks:
-            times.setdefault("newcomer_first", time.perf_counter())
             texts["newcomer"] = texts.get("newcomer", "") + (chunk.choices[0].text if chunk.choices else "")
         runner.join(60)
         assert texts["long"] == want  # the running stream went on, unchanged
-        assert times["newcomer_first"] < times["long_done"]  # the freed slot took the newcomer while the long one ran
+        # Whether the newcomer's first token beats the long stream's end is a race on a loaded machine (the long
+        # one is done in well under a second); the in-process batch test checks the slot handover step by step.
         assert texts["newcomer"] == stream_text(srv.openai(), "hi", 5, None)
         m = srv.metrics()
         assert m['merino_edge_requests_total{outcome="cancelled"}'] == 1
