@@ -86,12 +86,12 @@ class ServerState:
         self.max_context = bundle.max_context
         self.vocab_size = bundle.arch.vocab_size
 
-    def load(self, backend: str = "auto", threads: int | None = None) -> None:
+    def load(self, backend: str = "auto", threads: int | None = None, precision: str | None = None) -> None:
         """Create the backend, tokenizer and generator, then start serving (slow: run it off the event loop)."""
         from merino_edge.runtime import Generator, SamplingParams, create_backend
         from merino_edge.tokenizer import Tokenizer
 
-        engine = create_backend(self.bundle, backend, threads=threads)
+        engine = create_backend(self.bundle, backend, threads=threads, precision=precision)
         self.tokenizer = Tokenizer(self.bundle.tokenizer_path)
         self.generator = Generator(engine, self.tokenizer)
         self.max_context = engine.max_context
@@ -421,6 +421,7 @@ def serve(
     api_key: str | None = None,
     backend: str = "auto",
     threads: int | None = None,
+    precision: str | None = None,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     shutdown_grace: float = 10.0,
@@ -432,6 +433,8 @@ def serve(
         raise InputError(f"--max-body-bytes must be at least 1024, got {max_body_bytes}")
     tcp_addr, api_key = _api_key_for(tcp, api_key)
     bundle = Bundle.load(bundle_dir)
+    if precision not in (None, "auto"):
+        bundle.onnx_path(precision)  # a graph the bundle lacks fails here, before the socket is bound
     metrics = ServerMetrics()
     state = ServerState(bundle, metrics, queue_size=queue_size, max_body_bytes=max_body_bytes, api_key=api_key)
     socket_path = Path(socket_path) if socket_path else default_socket_path()
@@ -454,7 +457,7 @@ def serve(
 
         def load():
             try:
-                state.load(backend, threads)
+                state.load(backend, threads, precision)
             except BaseException as exc:  # reported after the server has stopped
                 state.load_error, state.status = exc, "failed"
                 server.should_exit = True

@@ -14,7 +14,7 @@ import numpy as np
 
 from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
 from merino_edge.export.bundle import Bundle
-from merino_edge.runtime.backend import Backend, positions_from_mask
+from merino_edge.runtime.backend import Backend, log, positions_from_mask
 
 _SHORT_PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
@@ -47,7 +47,7 @@ class OrtBackend(Backend):
         self.provider = resolve_provider(provider)
         self.device = _DEVICE_OF_PROVIDER.get(self.provider, "cpu")
         if precision is None:
-            precision = "fp16" if self.device == "cuda" and "fp16" in bundle.precisions else bundle.precisions[0]
+            precision = self._auto_precision(bundle)
         self.precision = precision
         if threads is not None and threads < 1:
             raise InputError(f"threads: must be at least 1, got {threads}")
@@ -69,6 +69,14 @@ class OrtBackend(Backend):
         self._rows = 0  # batch size the KV buffers are allocated for
         self._buffers: list[list] = []  # per layer execution: [key ping, value ping, key pong, value pong]
         self._decode_logits = np.empty((self.max_batch, self.vocab_size), np.float32)
+
+    def _auto_precision(self, bundle: Bundle) -> str:
+        """fp16 on a GPU where the bundle has it; on a CPU the smallest graph within its stored quality bound."""
+        if self.device == "cuda":
+            return "fp16" if "fp16" in bundle.precisions else bundle.precisions[0]
+        precision, reason = bundle.cpu_precision()
+        log.info("precision auto: %s (%s)", precision, reason)
+        return precision
 
     def _check_graph(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
