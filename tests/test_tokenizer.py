@@ -5,6 +5,7 @@ import hashlib
 import json
 
 import pytest
+from local_text import held_out_texts
 from shared_paths import CORPUS
 
 from merino_edge.cli import main
@@ -12,22 +13,11 @@ from merino_edge.errors import InputError
 from merino_edge.tokenizer import BOS_ID, EOS_ID, NUM_SPECIAL, PAD_ID, UNK_ID, Tokenizer, train_tokenizer
 
 
-def _linux_docs(count: int) -> list[str]:
-    texts = []
-    with gzip.open(CORPUS / "linux-docs.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            texts.append(json.loads(line)["text"])
-            if len(texts) == count:
-                return texts
-    return texts
-
-
 def test_round_trip_on_held_out_text_and_unicode(tiny_tokenizer):
     tokenizer = Tokenizer(tiny_tokenizer)
-    shakespeare = (CORPUS / "tinyshakespeare.txt").read_text(encoding="utf-8")[:20000]
     samples = [
-        *_linux_docs(3),
-        shakespeare,
+        *held_out_texts(3),
+        "".join(held_out_texts(40))[:20000],
         "  leading spaces,\ttabs,\r\nCRLF and trailing spaces  \n\n\n",
         "Ünïcødé: naïve café, Straße, 日本語のテキスト, emoji 🙂🚀, Ελληνικά, עברית, \u200bzero-width",
     ]
@@ -41,6 +31,16 @@ def test_round_trip_on_held_out_text_and_unicode(tiny_tokenizer):
     assert [tokenizer.id_to_piece(i) for i in ids[:3]] == ["<0xE6>", "<0x97>", "<0xA5>"]
 
 
+@pytest.mark.shared_data
+def test_round_trip_on_the_real_corpus_and_held_out_text(tiny_tokenizer):
+    tokenizer = Tokenizer(tiny_tokenizer)
+    with gzip.open(CORPUS / "linux-docs.jsonl.gz", "rt", encoding="utf-8") as f:
+        samples = [json.loads(line)["text"] for _, line in zip(range(20), f, strict=False)]
+    samples.append((CORPUS / "tinyshakespeare.txt").read_text(encoding="utf-8")[:50_000])
+    for text in samples:
+        assert tokenizer.decode(tokenizer.encode(text)) == text
+
+
 def test_special_ids_sha_and_compression(tiny_tokenizer):
     tokenizer = Tokenizer(tiny_tokenizer)
     assert (tokenizer.unk_id, tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id) == (UNK_ID, BOS_ID, EOS_ID, PAD_ID) == (0, 1, 2, 3)
@@ -48,14 +48,14 @@ def test_special_ids_sha_and_compression(tiny_tokenizer):
     assert tokenizer.vocab_size == 512
     assert tokenizer.sha256 == hashlib.sha256(tiny_tokenizer.read_bytes()).hexdigest()
     assert tokenizer.decode([BOS_ID, *tokenizer.encode("hello"), EOS_ID, PAD_ID]) == "hello"
-    docs = _linux_docs(20)  # text the tokenizer was not trained on (it saw the Python docs)
+    docs = held_out_texts(20)  # text the tokenizer was not trained on (it saw the pydoc topics)
     tokens = sum(len(ids) for ids in tokenizer.encode_batch(docs))
     assert tokens < 0.7 * sum(len(d.encode("utf-8")) for d in docs)  # BPE merges beat raw bytes
 
 
 def test_training_is_deterministic_and_streams_from_a_generator(tmp_path):
     def stream():  # a one-shot generator: the trainer must not need to iterate twice
-        yield from _linux_docs(40)
+        yield from held_out_texts(40)
 
     a = train_tokenizer(stream(), tmp_path / "a.model", vocab_size=400, threads=1)
     b = train_tokenizer(stream(), tmp_path / "b.model", vocab_size=400, threads=1)
@@ -70,7 +70,7 @@ def test_training_is_deterministic_and_streams_from_a_generator(tmp_path):
         (["   ", "\n\n"], 400, "no text"),
         (["tiny corpus"] * 3, 4000, "too small for vocab_size 4000"),
         (["anything"], 100, "too small: byte fallback needs at least 261"),
-        ([_linux_docs(1)[0]], 300, "vocab_size 300 is too small: the corpus's common characters plus the byte pieces need 3"),
+        ([held_out_texts(1)[0]], 300, "vocab_size 300 is too small: the corpus's common characters plus the byte pieces need 3"),
     ],
 )
 def test_bad_training_input_is_an_input_error(tmp_path, texts, vocab, message):
@@ -89,7 +89,7 @@ def test_loading_a_file_that_is_not_a_model(tmp_path):
 
 def test_cli_tokenizer_train(tmp_path, capsys):
     data = tmp_path / "docs.jsonl"
-    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in _linux_docs(30)))
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in held_out_texts(30)))
     out = tmp_path / "tok" / "tokenizer.model"
     assert main(["tokenizer", "train", "--data", str(data), "--out", str(out), "--vocab-size", "384"]) == 0
     tokenizer = Tokenizer(out)

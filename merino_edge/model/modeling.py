@@ -12,6 +12,10 @@ LayerNorm and softmax always run in float32 and the logits come out in float32,
 so the same code is safe in fp16 (and the fp16 ONNX graph inherits the casts).
 Attention is explicit matmuls so that `torch.utils.flop_counter` counts QK^T and
 AV over the full S x S, exactly as `ArchSpec.flops` does.
+
+The KV cache argument is `cache`, the name `generate()` passes since
+transformers 5; `past_key_values`, the 4.x name, is taken too, so a checkpoint
+works with either line.  Outputs carry it under the installed version's field.
 """
 
 from __future__ import annotations
@@ -24,6 +28,9 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 
 from merino_edge.arch import Block
 from merino_edge.model.configuration import MeRinoConfig
+
+# transformers 5 renamed the outputs' `past_key_values` field to `cache`.
+CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 class MeRinoLayerNorm(nn.LayerNorm):
@@ -159,30 +166,32 @@ class MeRinoModel(MeRinoPreTrainedModel):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         use_cache: bool | None = None,
+        past_key_values=None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """`attention_mask` [b, past+s] covers the cached tokens too; `past_key_values` is updated in place."""
+        """`attention_mask` [b, past+s] covers the cached tokens too; `cache` is updated in place."""
+        cache = past_key_values if cache is None else cache
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        if use_cache and past_key_values is None:
-            past_key_values = DynamicCache(config=self.config)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
         b, s = input_ids.shape
         if attention_mask is None:
-            past = past_key_values.get_seq_length() if past_key_values is not None else 0
+            past = cache.get_seq_length() if cache is not None else 0
             attention_mask = torch.ones(b, past + s, dtype=torch.long, device=input_ids.device)
         if position_ids is None:
             position_ids = positions_from_mask(attention_mask)[:, -s:]
 
         x = self.embed_tokens(input_ids) + self.embed_positions(position_ids)
         bias = attention_bias(attention_mask, s)
-        cache = past_key_values if use_cache else None
+        cache = cache if use_cache else None
         first_index = 0
         for block in self.blocks:
             x = block(x, bias, cache, first_index)
             first_index += block.depth
         x = self.proj_out(self.norm(x))
-        return BaseModelOutputWithPast(last_hidden_state=x, past_key_values=cache)
+        return BaseModelOutputWithPast(last_hidden_state=x, **{CACHE_FIELD: cache})
 
 
 class MeRinoForCausalLM(MeRinoPreTrainedModel, GenerationMixin):
@@ -213,14 +222,15 @@ class MeRinoForCausalLM(MeRinoPreTrainedModel, GenerationMixin):
         input_ids: torch.LongTensor,
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
-        past_key_values=None,
+        cache=None,
         labels: torch.LongTensor | None = None,
         use_cache: bool | None = None,
         logits_to_keep: int = 0,
+        past_key_values=None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`logits_to_keep` > 0 computes the logits of only the last that many positions."""
-        out = self.model(input_ids, attention_mask, position_ids, past_key_values, use_cache)
+        out = self.model(input_ids, attention_mask, position_ids, past_key_values if cache is None else cache, use_cache)
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -228,4 +238,4 @@ class MeRinoForCausalLM(MeRinoPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=out.past_key_values)
+        return CausalLMOutputWithPast(loss=loss, logits=logits, **{CACHE_FIELD: getattr(out, CACHE_FIELD)})

@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from shared_paths import EVAL
+from shared_paths import EVAL_FIXTURES
 
 from merino_edge.cli import main
 from merino_edge.errors import InputError
@@ -23,7 +23,7 @@ def offline(monkeypatch):
 
 def test_eval_prints_a_table_beside_the_paper_and_writes_json(tiny_bundle, tmp_path, capsys, offline):
     out = tmp_path / "eval.json"
-    code = main(["eval", str(tiny_bundle), "--tasks", "cb,lambada", "--limit", "6", "--data-dir", str(EVAL), "--backend", "ort", "--json", str(out)])
+    code = main(["eval", str(tiny_bundle), "--tasks", "cb,lambada", "--limit", "6", "--data-dir", str(EVAL_FIXTURES), "--backend", "ort", "--json", str(out)])
     assert code == 0
     table = capsys.readouterr().out
     lines = table.splitlines()
@@ -34,7 +34,7 @@ def test_eval_prints_a_table_beside_the_paper_and_writes_json(tiny_bundle, tmp_p
     assert [(r.task, r.metric) for r in report.rows] == [("cb", "acc"), ("cb", "f1"), ("lambada_openai", "perplexity"), ("lambada_openai", "acc")]
     assert all(r.samples == 6 for r in report.rows)
     assert 0 <= report.value("cb") <= 1 and report.value("lambada_openai", "perplexity") > 1
-    assert report.source == f"local:{EVAL}" and report.backend == "ort"
+    assert report.source == f"local:{EVAL_FIXTURES}" and report.backend == "ort"
 
 
 def test_eval_without_data_or_network_exits_2_with_one_line(tiny_bundle, capsys, offline):
@@ -52,7 +52,7 @@ def test_eval_names_the_missing_file_of_a_data_dir(tiny_bundle, tmp_path, capsys
 
 
 def test_environment_variable_points_at_the_data(tiny_bundle, monkeypatch, capsys, offline):
-    monkeypatch.setenv("MERINO_EDGE_EVAL_DATA", str(EVAL))
+    monkeypatch.setenv("MERINO_EDGE_EVAL_DATA", str(EVAL_FIXTURES))
     assert main(["eval", str(tiny_bundle), "--tasks", "copa", "--limit", "3", "--backend", "ort"]) == 0
     assert "copa" in capsys.readouterr().out
 
@@ -82,7 +82,7 @@ sys.meta_path = [NotInstalled if f is importlib.machinery.PathFinder else f for 
 
 
 def test_eval_runs_on_a_machine_without_torch(tiny_bundle):
-    code = NO_TORCH + f"from merino_edge.evaluation.run import evaluate\nprint(evaluate({str(tiny_bundle)!r}, 'copa', 'ort', 4, {str(EVAL)!r}).value('copa'))"
+    code = NO_TORCH + f"from merino_edge.evaluation.run import evaluate\nprint(evaluate({str(tiny_bundle)!r}, 'copa', 'ort', 4, {str(EVAL_FIXTURES)!r}).value('copa'))"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert 0.0 <= float(done.stdout.split()[-1]) <= 1.0

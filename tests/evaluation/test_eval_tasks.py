@@ -1,4 +1,8 @@
-"""Local task definitions: every file of ../shared/eval loads, and prompts match lm-eval's own task YAML."""
+"""Local task definitions: every task file loads, and prompts match lm-eval's own task YAML.
+
+The prompt checks run on the six-item fixtures of every task; the counts and
+ordering checks want the full evaluation sets beside the repo.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +12,12 @@ import lm_eval.tasks
 import pytest
 from lm_eval.api.task import ConfigurableTask
 from lm_eval.tasks._yaml_loader import load_yaml
-from shared_paths import EVAL
+from shared_paths import EVAL, EVAL_FIXTURES
 
 from merino_edge.evaluation.tasks import TASKS, local_task_config, macro_f1
 
 LM_EVAL_TASKS = Path(lm_eval.tasks.__file__).parent
-# Item counts from ../shared/eval/README.md.
+# Item counts of the full evaluation sets.
 COUNTS = {
     "hellaswag": 10042, "winogrande": 1267, "openbookqa": 500, "boolq": 3270, "wic": 638, "cb": 56, "rte": 277, "pubmedqa": 500,
     "logiqa": 651, "lambada_openai": 5153, "piqa": 1838, "arc_easy": 2376, "arc_challenge": 1172, "copa": 100,
@@ -50,9 +54,15 @@ def _requests(task: ConfigurableTask, n: int) -> list[list[tuple]]:
     return out
 
 
+@pytest.mark.shared_data
 @pytest.mark.parametrize("name", list(COUNTS))
-def test_every_local_file_loads_with_the_readme_counts(name):
+def test_every_full_file_loads_with_its_item_count(name):
     assert len(TASKS[name].load(EVAL / TASKS[name].file)) == COUNTS[name]
+
+
+@pytest.mark.parametrize("name", list(COUNTS))
+def test_every_fixture_file_loads_in_the_same_layout(name):
+    assert len(TASKS[name].load(EVAL_FIXTURES / TASKS[name].file)) == 6
 
 
 def test_every_task_falls_back_to_the_hub_task_of_the_same_questions():
@@ -63,7 +73,7 @@ def test_every_task_falls_back_to_the_hub_task_of_the_same_questions():
 # Local records carry the hub dataset's fields for all but these two (see merino_edge/evaluation/tasks.py).
 @pytest.mark.parametrize("name", sorted(set(YAMLS) - {"hellaswag", "winogrande"}))
 def test_requests_equal_those_of_lm_evals_own_task_yaml(name):
-    ours = _task(local_task_config(name, EVAL))
+    ours = _task(local_task_config(name, EVAL_FIXTURES))
     theirs = load_yaml(LM_EVAL_TASKS / YAMLS[name])
     theirs = {k: v for k, v in theirs.items() if k not in ("dataset_path", "dataset_name", "tag", "metric_list")}
     theirs.update(custom_dataset=ours.config.custom_dataset, test_split="test", training_split=None, validation_split=None)
@@ -71,13 +81,22 @@ def test_requests_equal_those_of_lm_evals_own_task_yaml(name):
 
 
 def test_hellaswag_and_winogrande_prompts_read_like_lm_evals():
+    hellaswag = _requests(_task(local_task_config("hellaswag", EVAL_FIXTURES)), 3)
+    assert hellaswag[0][0] == ("Making tea: A woman fills a kettle with water. She", " puts the kettle on the stove.")
+    assert hellaswag[2][0] == ("Washing a car: A man sprays the car with a hose. Then he", " plants the hose.")
+    winogrande = _requests(_task(local_task_config("winogrande", EVAL_FIXTURES)), 1)[0]
+    assert winogrande == [
+        ("The trophy did not fit in the case because the trophy", " was too big."),
+        ("The trophy did not fit in the case because the case", " was too big."),
+    ]
+
+
+@pytest.mark.shared_data
+def test_the_full_hellaswag_and_winogrande_files_read_like_lm_evals():
     hellaswag = _requests(_task(local_task_config("hellaswag", EVAL)), 1)[0]
     assert hellaswag[0] == ("Roof shingle removal: A man is sitting on a roof. He", " is using wrap to wrap a pair of skis.")
     winogrande = _requests(_task(local_task_config("winogrande", EVAL)), 1)[0]
-    assert winogrande == [
-        ("Sarah was a much better surgeon than Maria so Sarah", " always got the easier cases."),
-        ("Sarah was a much better surgeon than Maria so Maria", " always got the easier cases."),
-    ]
+    assert winogrande[1] == ("Sarah was a much better surgeon than Maria so Maria", " always got the easier cases.")
 
 
 def test_cb_f1_is_the_mean_of_per_class_f1():
@@ -86,6 +105,7 @@ def test_cb_f1_is_the_mean_of_per_class_f1():
     assert macro_f1([(0, 0), (1, 1), (2, 2)]) == 1.0
 
 
+@pytest.mark.shared_data
 def test_pubmedqa_is_not_grouped_by_answer_so_limit_takes_a_fair_slice():
     first = [doc["final_decision"] for doc in TASKS["pubmedqa"].load(EVAL / TASKS["pubmedqa"].file)[:100]]
     assert set(first) == {"yes", "no", "maybe"}

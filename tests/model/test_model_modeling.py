@@ -6,6 +6,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import AutoModelForCausalLM, DynamicCache
 
 from merino_edge.model import MeRinoForCausalLM
+from merino_edge.model.modeling import CACHE_FIELD
 
 NAMES = sorted(ARCHS)
 
@@ -61,11 +62,24 @@ def test_flop_counter_equals_the_cost_model_term_by_term(arch_and_model):
 def test_kv_cache_has_one_layer_per_execution_with_the_block_heads(arch_and_model):
     arch, model = arch_and_model
     with torch.no_grad():
-        cache = model(torch.randint(0, arch.vocab_size, (2, 5))).past_key_values
+        cache = getattr(model(torch.randint(0, arch.vocab_size, (2, 5))), CACHE_FIELD)
     assert isinstance(cache, DynamicCache)
     assert len(cache.layers) == arch.num_layer_executions
     assert [layer.keys.shape[1] for layer in cache.layers] == arch.layer_heads()
     assert {tuple(layer.values.shape[2:]) for layer in cache.layers} == {(5, arch.head_dim)}
+
+
+@pytest.mark.parametrize("keyword", ["cache", "past_key_values"])
+def test_a_cache_passed_by_either_name_is_filled_and_continued(arch_and_model, keyword):
+    arch, model = arch_and_model
+    ids = torch.randint(4, arch.vocab_size, (1, 7), generator=torch.Generator().manual_seed(4))
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(ids[:, :5], **{keyword: cache})
+        assert cache.get_seq_length() == 5
+        step = model(ids[:, 5:], **{keyword: cache}).logits
+        full = model(ids, use_cache=False).logits
+    torch.testing.assert_close(step, full[:, 5:], atol=1e-5, rtol=0)
 
 
 def test_generate_with_the_cache_equals_a_greedy_loop_without_it(arch_and_model):

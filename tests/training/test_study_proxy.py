@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 
 import pytest
-from shared_paths import CORPUS
+from local_text import training_texts
 
 from merino_edge.arch import Axes
 from merino_edge.cli import main
@@ -20,13 +19,7 @@ TINY_AXES = Axes(widths=(64, 128), ratios=(1.0, 2.0), depths=(1, 2))
 
 @pytest.fixture(scope="module")
 def corpus_file(tmp_path_factory):
-    texts, size = [], 0
-    with gzip.open(CORPUS / "python-docs.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            texts.append(json.loads(line)["text"])
-            size += len(texts[-1])
-            if size > 120_000:
-                break
+    texts = training_texts(120_000)
     path = tmp_path_factory.mktemp("corpus") / "docs.txt"
     path.write_text("\n\n".join(texts))
     return path

@@ -5,7 +5,7 @@ import json
 
 import numpy as np
 import pytest
-from shared_paths import CORPUS
+from local_text import held_out_texts, write_jsonl
 
 from merino_edge.errors import IncompatibleError, InputError
 from merino_edge.tokenizer import Tokenizer
@@ -24,21 +24,12 @@ from merino_edge.training.data import (
 
 @pytest.fixture(scope="module")
 def docs() -> list[str]:
-    texts = []
-    with gzip.open(CORPUS / "linux-docs.jsonl.gz", "rt", encoding="utf-8") as f:
-        for line in f:
-            texts.append(json.loads(line)["text"][:3000])
-            if len(texts) == 60:
-                return texts
-    return texts
+    return held_out_texts(60, max_chars=3000)
 
 
 @pytest.fixture(scope="module")
 def jsonl_gz(tmp_path_factory, docs):
-    path = tmp_path_factory.mktemp("corpus") / "docs.jsonl.gz"
-    with gzip.open(path, "wt", encoding="utf-8") as f:
-        f.writelines(json.dumps({"text": t, "source": f"doc{i}"}) + "\n" for i, t in enumerate(docs))
-    return path
+    return write_jsonl(tmp_path_factory.mktemp("corpus") / "docs.jsonl.gz", docs, compress=True)
 
 
 def _documents(stream, eos: int) -> list[list[int]]:

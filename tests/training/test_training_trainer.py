@@ -5,7 +5,6 @@ on the fly) is compared step by step with the interrupted and the distributed
 runs, which reuse its tokenizer and shards.
 """
 
-import gzip
 import json
 import os
 import shutil
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from shared_paths import CORPUS
+from local_text import held_out_texts, write_jsonl
 
 from merino_edge.cli import main
 from merino_edge.training import checkpoint
@@ -53,9 +52,7 @@ def _losses(records: list[dict]) -> dict[int, tuple[float, float]]:
 def setup(tmp_path_factory):
     """(work dir, arch.json, reference out dir) after one uninterrupted run through the CLI."""
     work = tmp_path_factory.mktemp("train")
-    with gzip.open(CORPUS / "linux-docs.jsonl.gz", "rt", encoding="utf-8") as src, (work / "docs.jsonl").open("w") as dst:
-        for _, line in zip(range(80), src, strict=False):
-            dst.write(line)
+    write_jsonl(work / "docs.jsonl", held_out_texts(80))
     arch = _arch(work / "arch.json", [(64, 2.0, 2), (128, 1.0, 1)])
     ref = work / "ref"
     assert main(["train", "--arch", str(arch), "--data", str(work / "docs.jsonl"), "--out", str(ref), "--val-fraction", "0.1", *RUN_FLAGS]) == 0

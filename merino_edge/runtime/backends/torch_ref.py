@@ -67,7 +67,7 @@ class TorchBackend(Backend):
                 input_ids=torch.from_numpy(input_ids),
                 attention_mask=torch.from_numpy(attention_mask),
                 position_ids=torch.from_numpy(position_ids),
-                past_key_values=self._cache,
+                cache=self._cache,
                 use_cache=True,
             )
         logits = out.logits.numpy()
