@@ -30,7 +30,7 @@ from merino_edge.export.bundle import (
     file_sha256,
 )
 from merino_edge.export.onnx import export_onnx  # checks the operators too
-from merino_edge.export.quality import held_out_windows
+from merino_edge.export.quality import EVAL_SEQ_LEN, held_out_windows
 from merino_edge.export.quantize import quantized_graphs
 from merino_edge.fileio import write_json_atomic
 from merino_edge.model import MeRinoConfig
@@ -113,7 +113,7 @@ def export_bundle(
     if tokenizer.vocab_size > arch.vocab_size:
         raise InputError(f"checkpoint {ckpt}: tokenizer has {tokenizer.vocab_size} pieces but the model only {arch.vocab_size}")
 
-    windows = held_out_windows(ckpt, tokenizer, eval_data) if quantize else None  # bad --eval-data fails before any work
+    windows = held_out_windows(ckpt, tokenizer, eval_data, seq_len=min(EVAL_SEQ_LEN, max_context)) if quantize else None  # fails before any work
 
     _prepare_out_dir(out, overwrite)
     shutil.copyfile(ckpt / TOKENIZER_FILE, out / TOKENIZER_FILE)

@@ -36,7 +36,7 @@ from tqdm import tqdm
 
 from merino_edge.errors import InputError, MissingDependencyError
 from merino_edge.export.bundle import GRAPH_FILES, MANIFEST, QUANTIZED, Bundle, file_sha256
-from merino_edge.export.quality import MAX_INCREASE, graph_perplexity, held_out_windows
+from merino_edge.export.quality import EVAL_SEQ_LEN, MAX_INCREASE, graph_perplexity, held_out_windows
 from merino_edge.fileio import write_json_atomic
 from merino_edge.tokenizer import Tokenizer
 
@@ -58,7 +58,7 @@ def quantize_bundle(bundle_dir: str | Path, precisions: Sequence[str], *, eval_d
     if "fp32" not in manifest.graphs:
         raise InputError(f"bundle {bundle.path}: quantized graphs are made from the fp32 graph, and this bundle has none; export it again with fp32")
     ckpt = Path(manifest.source.get("checkpoint", ""))
-    windows, source = held_out_windows(ckpt, Tokenizer(bundle.tokenizer_path), eval_data)
+    windows, source = held_out_windows(ckpt, Tokenizer(bundle.tokenizer_path), eval_data, seq_len=min(EVAL_SEQ_LEN, bundle.max_context))
     graphs = quantized_graphs(bundle.path, manifest.graphs["fp32"], precisions, windows, source, progress=progress)
     for precision, entry in graphs.items():
         files = [entry["file"], entry["data_file"]]
