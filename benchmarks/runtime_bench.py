@@ -47,7 +47,7 @@ import numpy as np
 
 from merino_edge.arch import ArchSpec, Block, load_arch
 from merino_edge.fileio import write_json_atomic
-from merino_edge.jetson.board import cpu_model
+from merino_edge.host import cpu_model
 
 RESULTS = Path(__file__).resolve().parent / "results" / "runtime_bench.json"
 QUANTIZED = ["int8", "int4"]
@@ -135,7 +135,7 @@ def build_bundle(name: str, arch: ArchSpec, tokenizer: Path, work: Path) -> tupl
 
 def trained_quality(ckpt: Path, data: Path, work: Path) -> dict:
     """Held-out perplexity of the trained checkpoint's int8 and int4 graphs against fp32 (from the export's own measurement)."""
-    from merino_edge.export.bundle import Bundle
+    from merino_edge.bundle import Bundle
     from merino_edge.export.package import export_bundle
 
     out = work / "trained-bundle"
@@ -260,7 +260,7 @@ def main(argv=None) -> int:
         transformers_worker(args)
         return 0
 
-    from merino_edge.export.bundle import Bundle
+    from merino_edge.bundle import Bundle
 
     archs = {Path(a).stem: load_arch(a) for a in args.arch} if args.arch else ARCHS
     work = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="runtime-bench-"))

@@ -3,7 +3,7 @@
     python benchmarks/search_bench.py [--seeds 5] [--budgets 60G,110G,160G]
 
 T = 100 000 mutations, M = 512, K = 64, N = 4 blocks of Table 5, FLOPs budgets
-60G / 110G / 160G (DESIGN.md's FLOPs: batch 1, S = 1024, LM head included, so
+60G / 110G / 160G (merino-edge's FLOPs: batch 1, S = 1024, LM head included, so
 50.3G of every budget goes to the head).  For every budget: wall time of one
 search (median over seeds), the exact solver's time, the EA's objective as a
 percentage of the exact optimum (seed 0 and the worst seed), and the same for
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from merino_edge.fileio import write_json_atomic
-from merino_edge.jetson.board import cpu_model
+from merino_edge.host import cpu_model
 from merino_edge.search.budgets import Budget, Costs
 from merino_edge.search.entropy import entropy_source
 from merino_edge.search.evolution import evolve

@@ -35,7 +35,7 @@ from pathlib import Path
 import httpx
 
 from merino_edge.fileio import write_json_atomic
-from merino_edge.jetson.board import cpu_model
+from merino_edge.host import cpu_model
 from merino_edge.runtime.socket_path import MAX_SOCKET_PATH
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,7 +46,7 @@ PROMPT = "def read_config(path):\n    \"\"\"Read the settings file at path and r
 
 
 def in_process(bundle: Path, args) -> dict:
-    from merino_edge.export.bundle import Bundle
+    from merino_edge.bundle import Bundle
     from merino_edge.runtime import Generator, SamplingParams, create_backend
     from merino_edge.tokenizer import Tokenizer
 

@@ -1,13 +1,15 @@
-"""Train a small MeRino on the Linux kernel docs on CPU for a few minutes.
+"""Train a small MeRino on CPU for a few minutes.
 
 Does the trainer learn?  The bar is the corpus's unigram entropy with the same
 tokenizer (nats/token): a model that only learned token frequencies would sit
 there; anything that uses context falls well below it.
 
-    nice python benchmarks/train_cpu.py [--minutes 4] [--threads 1]
+    nice python benchmarks/train_cpu.py [--data corpus.jsonl.gz ...] [--minutes 4] [--threads 1]
 
 Prints a table and writes benchmarks/results/train_cpu.json (+ the loss curve
-as train_cpu.png).  Needs ../shared/corpus/linux-docs.jsonl.gz beside the repo.
+as train_cpu.png).  Trains on the given text files (the README's figures are
+for the Linux kernel documentation), by default on the built-in corpus that
+ships with Python (what the quickstart trains on).
 """
 
 from __future__ import annotations
@@ -27,11 +29,11 @@ sys.path.insert(0, str(ROOT))
 
 from merino_edge.arch import ArchSpec, Block  # noqa: E402
 from merino_edge.fileio import write_json_atomic  # noqa: E402
-from merino_edge.jetson.board import cpu_model  # noqa: E402
+from merino_edge.host import cpu_model  # noqa: E402
 from merino_edge.tokenizer import Tokenizer, train_tokenizer  # noqa: E402
+from merino_edge.training.builtin_corpus import write_builtin_corpus  # noqa: E402
 from merino_edge.training.data import Corpus, TokenShards, prepare_shards  # noqa: E402
 
-CORPUS = ROOT.parent / "shared" / "corpus" / "linux-docs.jsonl.gz"
 RESULTS = ROOT / "benchmarks" / "results"
 # Small enough for a few hundred steps in minutes on 2 shared cores: steps, not tokens, are what a short run lacks.
 ARCH = ArchSpec(blocks=(Block(64, 2.0, 2), Block(128, 2.0, 2)), vocab_size=1024, proj_dim=128, max_positions=256)
@@ -52,6 +54,7 @@ def unigram(shards: TokenShards, vocab: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, nargs="+", default=None, help="text files (.txt, .jsonl[.gz]); default: the built-in corpus")
     parser.add_argument("--minutes", type=float, default=4.0, help="training time (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     parser.add_argument("--seq-len", type=int, default=64)
@@ -60,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, default=None, help="keep tokenizer, shards and checkpoint here (default: a temp dir)")
     parser.add_argument("--out", type=Path, default=RESULTS / "train_cpu.json")
     args = parser.parse_args(argv)
-    if not CORPUS.is_file():
-        print(f"train_cpu: {CORPUS} not found (the shared corpus beside the repo)", file=sys.stderr)
+    missing = [str(p) for p in args.data or () if not p.is_file()]
+    if missing:
+        print(f"train_cpu: not found: {', '.join(missing)}", file=sys.stderr)
         return 2
 
     import torch
@@ -69,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     from merino_edge.training.trainer import TrainConfig, train
 
     work = args.work or Path(tempfile.mkdtemp(prefix="train_cpu-"))
-    corpus = Corpus((str(CORPUS),))
+    files = args.data or [write_builtin_corpus(work / "builtin.jsonl.gz")]
+    corpus = Corpus(tuple(str(p) for p in files))
     started = time.perf_counter()
     tokenizer = Tokenizer(train_tokenizer(corpus, work / "data" / "tokenizer.model", vocab_size=ARCH.vocab_size))
     prepare_shards(corpus, tokenizer, work / "data", val_fraction=0.02)
@@ -96,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         "arch": ARCH.to_json(),
         "arch_short": ARCH.short(),
         "params": ARCH.params(),
-        "corpus": {"file": CORPUS.name, **{k: {"documents": v.documents, "tokens": v.tokens} for k, v in shards.manifest.splits.items()}},
+        "corpus": {"files": [p.name for p in files], **{k: {"documents": v.documents, "tokens": v.tokens} for k, v in shards.manifest.splits.items()}},
         "settings": {"seq_len": args.seq_len, "batch_tokens": args.batch_tokens, "steps": steps, "lr": args.lr, "warmup": config(work, steps).warmup_steps()},
         "prepare_s": prep_s,
         "train_wall_s": result.elapsed_s,

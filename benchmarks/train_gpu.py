@@ -1,19 +1,19 @@
-"""Search a ~60M-parameter MeRino and train it for ~10 minutes on one CUDA GPU (issue 3's H100 run).
+"""Search a ~60M-parameter MeRino and train it for ~10 minutes on one CUDA GPU (an H100-class run).
 
-    python benchmarks/train_gpu.py [--params 60M] [--minutes 10] [--peak-tflops 989]
+    python benchmarks/train_gpu.py --data linux-docs.jsonl.gz python-docs.jsonl.gz [--params 60M] [--minutes 10]
 
 1. `run_search` (the library call behind `merino-edge search`) picks the
    max-entropy architecture with at most --params unique parameters;
 2. a 32k SentencePiece tokenizer and token shards are built from
-   ../shared/corpus/{linux,python}-docs.jsonl.gz;
+   the --data files (the figures in the docs: the Linux and Python documentation);
 3. a short calibration run (same settings, torch.compile included) measures the
    steady-state speed, which sets the number of steps that fit in --minutes;
 4. the run itself: bf16 autocast, AdamW, warm-up + linear decay.
 
 Reports tokens/s, model FLOPs utilisation (3 x forward FLOPs per token from
 `ArchSpec.flops`, over the GPU's dense bf16 peak) and the validation-loss
-curve; writes benchmarks/results/train_gpu.json and train_gpu.png.  The shared
-corpus is ~8M tokens, so a 10-minute run makes many passes over it: the curve
+curve; writes benchmarks/results/train_gpu.json and train_gpu.png.  The Linux and
+Python docs are ~8M tokens, so a 10-minute run makes many passes over it: the curve
 shows where validation loss stops following training loss.
 """
 
@@ -32,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 from merino_edge.fileio import write_json_atomic  # noqa: E402
 from merino_edge.units import parse_count  # noqa: E402
 
-CORPORA = [ROOT.parent / "shared" / "corpus" / name for name in ("linux-docs.jsonl.gz", "python-docs.jsonl.gz")]
 RESULTS = ROOT / "benchmarks" / "results"
 # dense bf16 tensor-core peaks (no sparsity), by a substring of torch.cuda.get_device_name()
 PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L40S": 362.0, "L4": 121.0}
@@ -51,6 +50,7 @@ def steady_tokens_per_s(history: list[dict]) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, nargs="+", required=True, help="training text files (.txt, .jsonl[.gz])")
     parser.add_argument("--params", default="60M", help="unique-parameter budget of the search (default: %(default)s)")
     parser.add_argument("--minutes", type=float, default=10.0, help="training time (default: %(default)s)")
     parser.add_argument("--seq-len", type=int, default=1024)
@@ -68,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     if not torch.cuda.is_available():
         print("train_gpu: needs a CUDA GPU, and torch sees none (this benchmark is for an H100-class machine)", file=sys.stderr)
         return 2
-    missing = [str(p) for p in CORPORA if not p.is_file()]
+    missing = [str(p) for p in args.data if not p.is_file()]
     if missing:
-        print(f"train_gpu: corpus not found: {', '.join(missing)} (../shared beside the repo)", file=sys.stderr)
+        print(f"train_gpu: corpus not found: {', '.join(missing)}", file=sys.stderr)
         return 2
     gpu = torch.cuda.get_device_name()
     peak = args.peak_tflops or peak_tflops(gpu)
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     search = run_search(Budget(params=parse_count(args.params, "--params")), progress=False)
     search.save(work / "arch.json")
     arch = search.arch
-    corpus = Corpus(tuple(str(p) for p in CORPORA))
+    corpus = Corpus(tuple(str(p) for p in args.data))
     tokenizer = Tokenizer(train_tokenizer(corpus, work / "data" / "tokenizer.model", vocab_size=arch.vocab_size))
     manifest = prepare_shards(corpus, tokenizer, work / "data", val_fraction=0.02)
     prep_s = time.perf_counter() - started

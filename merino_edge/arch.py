@@ -24,7 +24,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from merino_edge.errors import InputError
-from merino_edge.fileio import read_json, write_json_atomic
+from merino_edge.fileio import check_schema, read_json, write_json_atomic
 
 SCHEMA_VERSION = 1
 
@@ -236,11 +236,7 @@ class ArchSpec:
 
     @classmethod
     def from_json(cls, data: dict) -> ArchSpec:
-        if not isinstance(data, dict):
-            raise InputError("arch: expected a JSON object")
-        version = data.get("schema_version", SCHEMA_VERSION)
-        if version != SCHEMA_VERSION:
-            raise InputError(f"arch: schema_version {version} is not supported (this merino-edge reads {SCHEMA_VERSION})")
+        check_schema(data, "arch", SCHEMA_VERSION, required=False)
         if not isinstance(data.get("blocks"), list):
             raise InputError("arch: blocks: missing or not a list")
         blocks = []

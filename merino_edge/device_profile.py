@@ -31,7 +31,7 @@ from pathlib import Path
 
 from merino_edge.arch import HEAD_DIM, MAX_POSITIONS, PROJ_DIM, TABLE5, VOCAB_SIZE, Axes
 from merino_edge.errors import InputError
-from merino_edge.fileio import read_json, write_json_atomic
+from merino_edge.fileio import check_schema, read_json, write_json_atomic
 
 SCHEMA_VERSION = 1
 BACKENDS = ("ort", "tensorrt", "torch")
@@ -249,11 +249,7 @@ class DeviceProfile:
 
     @classmethod
     def from_json(cls, data: dict) -> DeviceProfile:
-        if not isinstance(data, dict):
-            raise InputError("device profile: expected a JSON object")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise InputError(f"device profile: schema_version {version!r} is not supported (this merino-edge reads {SCHEMA_VERSION})")
+        check_schema(data, "device profile", SCHEMA_VERSION, fix="profile the device again")
         try:
             contexts = tuple(_ints(data["decode_contexts"], "decode_contexts"))
             lengths = tuple(_ints(data["prefill_lengths"], "prefill_lengths"))

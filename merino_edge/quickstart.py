@@ -1,4 +1,4 @@
-"""`merino-edge quickstart`: the whole design card on this machine, in one command.
+"""`merino-edge quickstart`: the whole pipeline on this machine, in one command.
 
 profile this machine -> search under a latency budget derived from that profile
 -> tokenizer + training -> export -> build (where TensorRT is) -> serve on a
@@ -76,25 +76,27 @@ class Quickstart:
             "checkpoint": self.dir / "checkpoint",
             "bundle": self.dir / "bundle",
             "socket": self.dir / "api.sock",
+            "server log": self.dir / "serve.log",
         }
         self.facts: dict = {}
 
     # ------------------------------------------------------------ stages
 
     def profile(self) -> None:
-        from merino_edge.export.micro import export_calibration_models, export_micro_graphs
-        from merino_edge.jetson.profile import QUICK, Grid, profile_device
+        from merino_edge.profiling.run import QUICK, Grid, ProfileConfig, run_profile
 
         out = self.paths["profile"]
         if out.exists():
             _say(f"profile: reusing {out}")
             return
         _say(f"profile: timing every (E, R) layer of the quickstart space and {self.cfg.calibration} whole models on ONNX Runtime (CPU)")
-        work = self.dir / "profile.work"
-        export_micro_graphs(work, axes=self.cfg.axes, progress=self.cfg.progress, **self._model())
-        calibration = export_calibration_models(work, self.cfg.calibration, progress=self.cfg.progress) if self.cfg.calibration else None
         grid = Grid.from_json(self.cfg.profile_grid) if self.cfg.profile_grid else Grid(PROFILE_CONTEXTS, PROFILE_LENGTHS, QUICK.measurement)
-        profile_device(work, out, threads=self.cfg.threads, grid=grid, calibration=calibration, progress=self.cfg.progress)
+        run_profile(
+            ProfileConfig(
+                out=out, workdir=self.dir / "profile.work", threads=self.cfg.threads, calibration=self.cfg.calibration,
+                axes=self.cfg.axes, model=self._model(), grid=grid, progress=self.cfg.progress,
+            )
+        )  # fmt: skip
 
     def search(self) -> None:
         import numpy as np
@@ -162,7 +164,7 @@ class Quickstart:
         write_json_atomic(out / "train_result.json", {k: getattr(result, k) for k in ("steps", "tokens", "train_loss", "val_loss", "val_perplexity", "elapsed_s", "tokens_per_s")})
 
     def export(self) -> None:
-        from merino_edge.export.bundle import Bundle
+        from merino_edge.bundle import Bundle
         from merino_edge.export.package import export_bundle
 
         out = self.paths["bundle"]
@@ -177,7 +179,7 @@ class Quickstart:
         export_bundle(self.paths["checkpoint"], out, fp16=_has_tensorrt(), overwrite=True, progress=self.cfg.progress)
 
     def build(self) -> None:
-        from merino_edge.export.bundle import Bundle
+        from merino_edge.bundle import Bundle
 
         if not _has_tensorrt():
             _say("build: skipped (TensorRT is not installed here; ONNX Runtime serves the bundle)")
@@ -194,23 +196,15 @@ class Quickstart:
 
     def measure(self) -> None:
         """Time the exported model's decode step exactly as `profile validate` does, and its serving speed."""
-        from merino_edge.arch import save_arch
-        from merino_edge.export.bundle import Bundle
-        from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE
-        from merino_edge.jetson.validate import validate_profile
+        from merino_edge.bundle import Bundle
+        from merino_edge.profiling.validate import validate_profile
+        from merino_edge.profiling.whole_models import WholeModel
         from merino_edge.runtime.bench import bench_bundle
 
         bundle = Bundle.load(self.paths["bundle"], verify=False)
-        folder = self.dir / "validation" / "model"
-        folder.mkdir(parents=True, exist_ok=True)
-        graph = bundle.onnx_path("fp32")
-        for src, name in ((graph, GRAPH_FILE), (graph.with_name(graph.name + ".data"), GRAPH_FILE + ".data")):
-            (folder / name).unlink(missing_ok=True)
-            (folder / name).symlink_to(src)
-        save_arch(folder / ARCH_FILE, bundle.arch)
         _say(f"validate: the latency model's prediction against the whole model at context {self.cfg.latency_context}")
         report = validate_profile(
-            self.paths["profile"], [folder], self.dir / "validation",
+            self.paths["profile"], [WholeModel(bundle.arch, bundle.onnx_path("fp32"))], self.dir / "validation",
             decode_contexts=(self.cfg.latency_context,), prefill_lengths=(PROFILE_LENGTHS[1],), skip_calibrated=False, progress=self.cfg.progress,
         )  # fmt: skip
         self.facts["decode"] = next(p for p in report.points if p.phase == "decode")
@@ -221,9 +215,12 @@ class Quickstart:
         sock = self.paths["socket"]
         cmd = [sys.executable, "-m", "merino_edge.cli", "serve", str(self.paths["bundle"]), "--socket", str(sock), "--metrics-addr", "127.0.0.1:0"]
         _say(f"serve: {' '.join(shlex.quote(c) for c in cmd[2:])}")
-        server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # The server's log goes to a file: a pipe nobody reads would block it once full.
+        log_path = self.paths["server log"]
+        with log_path.open("w") as log:
+            server = subprocess.Popen(cmd, stderr=log, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
-            client = _wait_ready(sock, server)
+            client = _wait_ready(sock, server, log_path)
             _say(f"complete: {self.cfg.prompt!r} through {sock}")
             start = time.perf_counter()
             pieces = []
@@ -242,8 +239,8 @@ class Quickstart:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
-            if server.returncode not in (0, -15) and server.stderr is not None:
-                sys.stderr.write(server.stderr.read())
+            if server.returncode not in (0, -15):
+                sys.stderr.write(log_path.read_text())
         if sock.exists():
             raise InputError(f"the server left its socket {sock} behind")
 
@@ -286,14 +283,14 @@ def _has_tensorrt() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-def _wait_ready(sock: Path, server: subprocess.Popen, timeout: float = 180.0):
+def _wait_ready(sock: Path, server: subprocess.Popen, log_path: Path, timeout: float = 180.0):
     """An ApiClient once the server answers /health with 200; InputError if it dies or never does."""
     from merino_edge.runtime.client import ApiClient
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise InputError(f"the server exited with status {server.returncode}: {server.stderr.read().strip()[-500:]}")
+            raise InputError(f"the server exited with status {server.returncode}: {log_path.read_text().strip()[-500:]}")
         if sock.exists():
             client = ApiClient(sock)
             try:

@@ -3,7 +3,7 @@ import json
 import pytest
 
 from merino_edge.arch import TABLE5, ArchSpec, Axes, Block, load_arch, save_arch
-from merino_edge.errors import InputError
+from merino_edge.errors import IncompatibleError, InputError
 
 
 def spec(*blocks, **kw):
@@ -86,7 +86,7 @@ def test_arch_file_errors(tmp_path):
     with pytest.raises(InputError, match="not valid JSON"):
         load_arch(bad)
     bad.write_text('{"schema_version": 99, "blocks": []}')
-    with pytest.raises(InputError, match="schema_version 99"):
+    with pytest.raises(IncompatibleError, match="schema_version 99"):
         load_arch(bad)
     with pytest.raises(InputError, match="not found"):
         load_arch(tmp_path / "missing.json")

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from merino_edge.arch import Axes, load_arch
-from merino_edge.export.bundle import Bundle
+from merino_edge.bundle import Bundle
 from merino_edge.quickstart import QuickstartConfig, run_quickstart
 
 TINY_GRID = {

@@ -101,3 +101,11 @@ def test_cli_tokenizer_train(tmp_path, capsys):
     assert main(["tokenizer", "train", "--data", str(empty), "--out", str(tmp_path / "x.model")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no text" in err
+
+
+def test_special_token_text_in_a_prompt_is_plain_text(tiny_tokenizer):
+    tokenizer = Tokenizer(tiny_tokenizer)
+    text = "a</s><s><unk><pad>b"  # only token ids (a /v1/completions prompt of ids) reach the special ids
+    ids = tokenizer.encode(text)
+    assert not set(ids) & {UNK_ID, BOS_ID, EOS_ID, PAD_ID}
+    assert tokenizer.decode(ids) == text

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from merino_edge.errors import InputError
 from merino_edge.evaluation.tasks import PAPER_61M_AVERAGE, PAPER_TASKS, TASKS, resolve, task_names
+from merino_edge.fileio import check_schema
 
 SCHEMA_VERSION = 1
 DEFAULT_BOOTSTRAP_ITERS = 1000  # lm-eval's default is 100000: minutes of CPU for lambada's perplexity on a board
@@ -81,8 +82,7 @@ class EvalReport:
 
     @classmethod
     def from_json(cls, data: dict) -> EvalReport:
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise InputError(f"eval report: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+        check_schema(data, "eval report", SCHEMA_VERSION)
         fields = {k: v for k, v in data.items() if k != "rows"}
         return cls(**fields, rows=[ScoreRow(**r) for r in data["rows"]])
 

@@ -1,16 +1,23 @@
 """ONNX export of a MeRino model: one graph for the prompt and for every decode step.
 
-Graph contract (DESIGN.md, "ONNX graph"); i is the layer execution 0 .. sum(depths) - 1
+Graph contract (what every runtime backend relies on); i is the layer execution 0 .. sum(depths) - 1
 and heads_i = E_i / 64 of the block that execution belongs to:
 
     inputs   input_ids        int64  [batch, seq]
              position_ids     int64  [batch, seq]
              attention_mask   int64  [batch, total]      1 = real token, 0 = padding; total = past + seq
+             logits_to_keep   int64  [keep]              columns of input_ids whose logits come out
              past.{i}.key     KV     [batch, heads_i, past, 64]   (past may be 0 for the prompt)
              past.{i}.value   KV     [batch, heads_i, past, 64]
-    outputs  logits           float32 [batch, seq, vocab]
+    outputs  logits           float32 [batch, keep, vocab]
              present.{i}.key  KV     [batch, heads_i, total, 64]
              present.{i}.value KV    [batch, heads_i, total, 64]
+
+`logits_to_keep` is transformers' tensor form of that argument: generation
+asks for the last column only (a 2,000-token prompt would otherwise make a
+[2000, vocab] float32 tensor, 256 MB at a 32k vocabulary, for one row of it),
+scoring for all of them.  The graph gathers those columns of the last hidden
+state before the head, so the head runs on them alone.
 
 KV is float32 in the FP32 graph and float16 in the FP16 graph, whose weights and
 activations are float16 too; LayerNorm and softmax run in float32 there (explicit
@@ -87,9 +94,10 @@ class CausalLMGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids, position_ids, attention_mask, *past):
+    def forward(self, input_ids, position_ids, attention_mask, logits_to_keep, *past):
         cache = _ExplicitCache(zip(past[0::2], past[1::2], strict=True))
-        logits = self.model(input_ids, attention_mask, position_ids, cache, use_cache=True).logits
+        hidden = self.model.model(input_ids, attention_mask, position_ids, cache, use_cache=True).last_hidden_state
+        logits = self.model.lm_head(hidden.index_select(1, logits_to_keep)).float()
         return (logits, *[t for present in cache.presents for t in present])
 
 
@@ -112,7 +120,7 @@ class LayerGraph(nn.Module):
 
 def graph_names(arch: ArchSpec) -> tuple[list[str], list[str]]:
     """Input and output names of the model graph, in order."""
-    inputs = ["input_ids", "position_ids", "attention_mask"]
+    inputs = ["input_ids", "position_ids", "attention_mask", "logits_to_keep"]
     outputs = ["logits"]
     for i in range(arch.num_layer_executions):
         inputs += [f"past.{i}.key", f"past.{i}.value"]
@@ -176,12 +184,13 @@ def export_onnx(model_or_ckpt: MeRinoForCausalLM | str | Path, out_path: str | P
         torch.randint(0, arch.vocab_size, (batch, seq)),
         torch.arange(past, past + seq).expand(batch, seq).contiguous(),
         torch.ones(batch, past + seq, dtype=torch.long),
+        torch.tensor([0, seq - 1]),
     ]
     for heads in arch.layer_heads():
         args += [torch.zeros(batch, heads, past, arch.head_dim) for _ in ("key", "value")]
-    axes = {"input_ids": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"}}
-    axes["logits"] = {0: "batch", 1: "seq"}
-    axes.update({name: {0: "batch", 2: "past"} for name in inputs[3:]})
+    axes = {"input_ids": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"},
+            "logits_to_keep": {0: "keep"}, "logits": {0: "batch", 1: "keep"}}
+    axes.update({name: {0: "batch", 2: "past"} for name in inputs[4:]})
     axes.update({name: {0: "batch", 2: "total"} for name in outputs[1:]})
     return _export(CausalLMGraph(model), tuple(args), inputs, outputs, axes, out_path, fp16=fp16, opset=opset, tied_embedding=True)
 

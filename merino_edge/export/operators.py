@@ -4,7 +4,7 @@
 `docs/operators.md` (the TensorRT 10.x table, https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md,
 "TensorRT 10.15 supports operators in the inclusive range of opset 9 to opset 24"),
 less the operators its changelog lists as added after TensorRT 10.3 (the
-version on JetPack 6): Attention, RMSNormalization, RotaryEmbedding, TensorScatter.
+version on JetPack 6.1 and 6.2): Attention, RMSNormalization, RotaryEmbedding, TensorScatter.
 
 On top of that the design forbids control flow (`If`, `Loop`, `Scan`) although
 TensorRT parses it, anything `Sequence*`/`Optional*`, and every operator outside

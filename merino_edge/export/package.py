@@ -1,7 +1,7 @@
 """`merino-edge export`: a checkpoint directory into a bundle (the export side: torch, onnx).
 
 The bundle format itself (manifest, loading, verification) is in
-`merino_edge.export.bundle`, which stays torch-free so the board's runtime
+`merino_edge.bundle`, which stays torch-free so the board's runtime
 can read bundles; this module writes them.  The manifest is written last
 (atomically), so an interrupted export never looks like a bundle.
 """
@@ -18,8 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from merino_edge import __version__
-from merino_edge.errors import InputError
-from merino_edge.export.bundle import (
+from merino_edge.bundle import (
     DEFAULT_MAX_BATCH,
     GRAPH_FILES,
     MANIFEST,
@@ -29,6 +28,7 @@ from merino_edge.export.bundle import (
     Manifest,
     file_sha256,
 )
+from merino_edge.errors import InputError
 from merino_edge.export.onnx import export_onnx  # checks the operators too
 from merino_edge.export.quality import EVAL_SEQ_LEN, held_out_windows
 from merino_edge.export.quantize import quantized_graphs

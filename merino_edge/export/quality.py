@@ -68,7 +68,8 @@ def graph_perplexity(graph: str | Path, windows: np.ndarray, *, batch: int = 4, 
         rows = windows[start : start + batch]
         ids, targets = rows[:, :-1], rows[:, 1:]
         b, s = ids.shape
-        feeds = {"input_ids": ids, "position_ids": np.broadcast_to(np.arange(s), (b, s)).copy(), "attention_mask": np.ones((b, s), np.int64)}
+        positions = np.broadcast_to(np.arange(s), (b, s)).copy()
+        feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": np.ones((b, s), np.int64), "logits_to_keep": np.arange(s)}
         feeds.update({name: np.zeros((b, heads, 0, dim), np.float32) for name, heads, dim in pasts})
         logits = session.run(["logits"], feeds)[0].astype(np.float64)
         top = logits.max(axis=-1, keepdims=True)

@@ -35,7 +35,7 @@ from onnx import helper, numpy_helper
 from tqdm import tqdm
 
 from merino_edge.errors import InputError, MissingDependencyError
-from merino_edge.export.bundle import GRAPH_FILES, MANIFEST, QUANTIZED, Bundle, file_sha256
+from merino_edge.bundle import GRAPH_FILES, MANIFEST, QUANTIZED, Bundle, file_sha256
 from merino_edge.export.quality import EVAL_SEQ_LEN, MAX_INCREASE, graph_perplexity, held_out_windows
 from merino_edge.fileio import write_json_atomic
 from merino_edge.tokenizer import Tokenizer

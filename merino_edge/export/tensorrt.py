@@ -1,7 +1,7 @@
 """`merino-edge build`: the bundle's FP16 ONNX graph compiled into one TensorRT engine, on the board.
 
 The network is strongly typed (the FP16 graph carries its own casts), which
-works on TensorRT 10.3 (JetPack 6) as on 10.12+ and 11, where the FP16
+works on TensorRT 10.3 (JetPack 6.1) as on 10.12+ and 11, where the FP16
 builder flag is deprecated or gone.  One engine holds both optimization
 profiles of `engine_record.profile_shapes`, so the weights sit in GPU memory
 once.  The timing cache is kept beside the engine and reused by the next build.
@@ -15,8 +15,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from merino_edge.engine_record import ENGINE_FILE, ENGINE_NAME, TIMING_CACHE_FILE, EngineRecord, manifest_profiles
 from merino_edge.errors import InputError, MerinoError
-from merino_edge.export.engine_record import ENGINE_FILE, ENGINE_NAME, TIMING_CACHE_FILE, EngineRecord, manifest_profiles
 from merino_edge.fileio import write_bytes_atomic
 
 DEFAULT_WORKSPACE_MIB = 1024
@@ -34,6 +34,30 @@ def parser_error_message(onnx_path: str | Path, errors) -> str:
     return f"TensorRT cannot parse {onnx_path}: " + "; ".join(parts)
 
 
+def network_flags(trt) -> int:
+    """`create_network` flags for a strongly typed network.
+
+    TensorRT 10 asks for it with the STRONGLY_TYPED flag; TensorRT 11 always
+    builds strongly typed networks and ignores that (deprecated) flag.
+    """
+    if int(trt.__version__.split(".")[0]) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def attach_timing_cache(config, serialized: bytes) -> bool:
+    """Give the builder `config` the timing cache in `serialized`, or a new one; True when `serialized` was used.
+
+    A cache from another TensorRT version or GPU, or a damaged file, is refused
+    by TensorRT (`create_timing_cache` returns None or `set_timing_cache` False).
+    """
+    cache = config.create_timing_cache(serialized) if serialized else None
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return True
+    fresh = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, ignore_mismatch=False):
+        raise MerinoError("TensorRT could not create a timing cache (its log above says why)")
+    return False
 
 
 def _progress_monitor(trt):
@@ -71,11 +95,12 @@ def build_plan(trt, onnx_path: Path, profiles, *, workspace_mib: int, timing_cac
     """Build a strongly typed ONNX graph with these optimization profiles: (serialized engine, timing cache, seconds).
 
     `profiles` are `engine_record.Profile`s, added in order; `timing_cache` is a
-    serialized cache to start from (one from another TensorRT or GPU is dropped).
+    serialized cache to start from (one from another TensorRT or GPU, or a
+    damaged one, is dropped with a notice and replaced).
     """
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
-    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    network = builder.create_network(network_flags(trt))
     parser = trt.OnnxParser(network, logger)
     if not parser.parse_from_file(str(onnx_path)):
         raise InputError(parser_error_message(onnx_path, [parser.get_error(i) for i in range(parser.num_errors)]))
@@ -86,12 +111,14 @@ def build_plan(trt, onnx_path: Path, profiles, *, workspace_mib: int, timing_cac
         opt_profile = builder.create_optimization_profile()
         for rng in prof.inputs:
             opt_profile.set_shape(rng.name, rng.min, rng.opt, rng.max)
-        config.add_optimization_profile(opt_profile)
+        if config.add_optimization_profile(opt_profile) < 0:
+            raise InputError(
+                f"TensorRT refused the {prof.name} optimization profile for {onnx_path} (its log above names the input); "
+                "the graph does not match the bundle's limits: export the bundle again with `merino-edge export`"
+            )
 
-    cache = config.create_timing_cache(timing_cache)
-    if not config.set_timing_cache(cache, ignore_mismatch=False):
-        print("merino-edge: the timing cache was made by another TensorRT or GPU; starting a new one", file=sys.stderr)
-        config.set_timing_cache(config.create_timing_cache(b""), ignore_mismatch=False)
+    if not attach_timing_cache(config, timing_cache) and timing_cache:
+        print("merino-edge: the timing cache is from another TensorRT or GPU, or damaged; starting a new one", file=sys.stderr)
     if progress:
         monitor = _progress_monitor(trt)  # must outlive the build
         config.progress_monitor = monitor
@@ -117,7 +144,7 @@ def build_engine(
     device: int = 0,
 ) -> EngineRecord:
     """Build the FP16 engine of the bundle at `bundle_dir`, store it there and record it in the manifest."""
-    from merino_edge.export.bundle import Bundle
+    from merino_edge.bundle import Bundle
     from merino_edge.runtime.backends.cuda_memory import open_cuda
     from merino_edge.runtime.backends.tensorrt import host_info, import_tensorrt
 
@@ -129,16 +156,16 @@ def build_engine(
     manifest = bundle.manifest
     profiles = manifest_profiles(manifest, max_batch)
 
-    cuda = open_cuda(device)
+    cache_path = Path(timing_cache) if timing_cache else bundle.path / TIMING_CACHE_FILE
+    cuda = open_cuda(device)  # the build runs on this device, the one the record names
     try:
         host = host_info(trt, cuda)
+        with cuda.active():
+            plan, cache, seconds = build_plan(
+                trt, onnx_path, profiles, workspace_mib=workspace_mib, timing_cache=cache_path.read_bytes() if cache_path.is_file() else b"", progress=progress
+            )
     finally:
         cuda.close()
-
-    cache_path = Path(timing_cache) if timing_cache else bundle.path / TIMING_CACHE_FILE
-    plan, cache, seconds = build_plan(
-        trt, onnx_path, profiles, workspace_mib=workspace_mib, timing_cache=cache_path.read_bytes() if cache_path.is_file() else b"", progress=progress
-    )
     engine_path = bundle.path / ENGINE_FILE
     engine_path.parent.mkdir(exist_ok=True)
     write_bytes_atomic(engine_path, plan)

@@ -1,15 +1,16 @@
-"""Which machine is this: Jetson board, L4T and JetPack release, or CPU model.
+"""Which Jetson is this: board, L4T and JetPack release, clock state.
 
 Every function takes `root` (default "/") so tests can point it at a fixture tree.
+Facts about any machine (CPU model, caches, usable CPUs) are in `merino_edge.host`.
 """
 
 from __future__ import annotations
 
-import os
-import platform
 import re
 from dataclasses import dataclass
 from pathlib import Path
+
+from merino_edge.host import read_text
 
 # L4T (Jetson Linux) release -> JetPack release, from NVIDIA's JetPack archive.
 L4T_TO_JETPACK = {
@@ -65,16 +66,9 @@ class Board:
         return "unknown"
 
 
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text(errors="replace")
-    except OSError:
-        return None
-
-
 def l4t_release(root: str | Path = "/") -> str | None:
     """The L4T release, e.g. '36.3.0', from /etc/nv_tegra_release (None when absent)."""
-    text = _read(Path(root) / "etc" / "nv_tegra_release")
+    text = read_text(Path(root) / "etc" / "nv_tegra_release")
     match = _RELEASE.search(text or "")
     if not match:
         return None
@@ -90,7 +84,7 @@ def jetpack_release(l4t: str | None) -> str | None:
 
 def detect_board(root: str | Path = "/") -> Board | None:
     """The Jetson board this runs on, or None on anything else."""
-    model = (_read(Path(root) / "proc" / "device-tree" / "model") or "").replace("\x00", "").strip()
+    model = (read_text(Path(root) / "proc" / "device-tree" / "model") or "").replace("\x00", "").strip()
     l4t = l4t_release(root)
     if not model and l4t is None:
         return None
@@ -99,43 +93,15 @@ def detect_board(root: str | Path = "/") -> Board | None:
     return Board(model=model or "unknown Jetson", l4t=l4t, jetpack=jetpack_release(l4t))
 
 
-def cpu_model(root: str | Path = "/") -> str:
-    """The CPU's marketing name from /proc/cpuinfo, or the machine type."""
-    text = _read(Path(root) / "proc" / "cpuinfo") or ""
-    for key in ("model name", "Model", "Hardware"):
-        match = re.search(rf"^{key}\s*:\s*(.+)$", text, re.MULTILINE)
-        if match:
-            return match.group(1).strip()
-    return platform.processor() or platform.machine() or "unknown CPU"
-
-
 def clocks_locked(root: str | Path = "/") -> bool | None:
     """True when every online CPU runs at a fixed clock (what `jetson_clocks` sets); None if unknown."""
     cpus = sorted((Path(root) / "sys" / "devices" / "system" / "cpu").glob("cpu[0-9]*/cpufreq"))
     if not cpus:
         return None
     for freq in cpus:
-        low, high = _read(freq / "scaling_min_freq"), _read(freq / "scaling_max_freq")
+        low, high = read_text(freq / "scaling_min_freq"), read_text(freq / "scaling_max_freq")
         if low is None or high is None:
             return None
         if low.strip() != high.strip():
             return False
     return True
-
-
-def last_level_cache_bytes(root: str | Path = "/") -> int | None:
-    """Size of the largest CPU cache of cpu0 from sysfs (e.g. '491520K'), None when unknown."""
-    sizes = []
-    for entry in (Path(root) / "sys" / "devices" / "system" / "cpu" / "cpu0" / "cache").glob("index*/size"):
-        match = re.fullmatch(r"(\d+)([KMG]?)", (_read(entry) or "").strip())
-        if match:
-            sizes.append(int(match.group(1)) << {"": 0, "K": 10, "M": 20, "G": 30}[match.group(2)])
-    return max(sizes) if sizes else None
-
-
-def usable_cpus() -> int:
-    """CPUs this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1

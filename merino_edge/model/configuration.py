@@ -24,7 +24,7 @@ class MeRinoConfig(PretrainedConfig):
     """
 
     model_type = "merino"
-    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the transformers 5 and 4 names
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # the name from transformers 5.24 on, and before
 
     block_widths: list[int] | None = None
     block_ratios: list[float] | None = None

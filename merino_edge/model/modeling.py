@@ -13,9 +13,10 @@ so the same code is safe in fp16 (and the fp16 ONNX graph inherits the casts).
 Attention is explicit matmuls so that `torch.utils.flop_counter` counts QK^T and
 AV over the full S x S, exactly as `ArchSpec.flops` does.
 
-The KV cache argument is `cache`, the name `generate()` passes since
-transformers 5; `past_key_values`, the 4.x name, is taken too, so a checkpoint
-works with either line.  Outputs carry it under the installed version's field.
+The KV cache argument is `cache`, the name `generate()` passes from
+transformers 5.24 on; `past_key_values`, the name before it, is taken too, so a
+checkpoint works on every tested 5.x release.  Outputs carry the cache under the
+installed version's field name.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutpu
 from merino_edge.arch import Block
 from merino_edge.model.configuration import MeRinoConfig
 
-# transformers 5 renamed the outputs' `past_key_values` field to `cache`.
+# transformers 5.24 renamed the outputs' `past_key_values` field to `cache`.
 CACHE_FIELD = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 

@@ -1,7 +1,7 @@
 """The on-board runtime: backends, KV-cache generation and sampling (never torch or transformers).
 
     from merino_edge.runtime import Generator, SamplingParams, create_backend
-    from merino_edge.export.bundle import Bundle
+    from merino_edge.bundle import Bundle
     from merino_edge.tokenizer import Tokenizer
 
     bundle = Bundle.load("bundle/")

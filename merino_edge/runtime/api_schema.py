@@ -15,20 +15,26 @@ import json
 import math
 from dataclasses import dataclass, field
 
+from merino_edge.runtime.sampling import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY
+
 MAX_STOP_SEQUENCES = 4
 MAX_SEED = 2**63 - 1
 CHAT_ROLES = ("system", "developer", "user", "assistant")
+# The deepest a valid request nests is 4 (body > messages > message > content parts > part); this leaves room.
+MAX_JSON_DEPTH = 16
+MAX_NUMBER_DIGITS = 64  # longer integers are refused before Python converts them
 
 
 class APIError(Exception):
     """An HTTP error answer with an OpenAI-style body."""
 
     def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None, code: str | None = None):
+        message = _printable(message)
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type
-        self.param = param
+        self.param = None if param is None else _printable(param)
         self.code = code
 
     def body(self) -> dict:
@@ -111,7 +117,7 @@ _SAMPLING = {
     "temperature": _number(0.0, 2.0),
     "top_p": _number(0.0, 1.0, lo_open=True),
     "top_k": _integer(0, 2**31 - 1),
-    "repetition_penalty": _number(0.0, 10.0, lo_open=True),
+    "repetition_penalty": _number(MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY),
     "seed": _integer(0, MAX_SEED),
     "stop": _stop,
     "ignore_eos": _boolean,
@@ -138,6 +144,10 @@ _CHAT = {
     "response_format": _neutral({"type": "text"}),
 }
 
+# Every top-level field each endpoint reads (others are refused).
+ACCEPTED_FIELDS = {"completions": sorted({*_COMMON, *_COMPLETIONS, *_SAMPLING}), "chat": sorted({*_COMMON, *_CHAT, *_SAMPLING})}
+
+
 
 def _kind(value) -> str:
     return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(value), "a number")
@@ -147,18 +157,54 @@ def _bad(param: str | None, message: str) -> APIError:
     return APIError(400, message, param=param)
 
 
+def _printable(text: str) -> str:
+    """`text` with anything UTF-8 cannot carry (lone surrogates) written as escapes, so an error body always encodes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_NUMBER_DIGITS:
+        raise _bad(None, f"the request body holds an integer of {len(digits)} digits; at most {MAX_NUMBER_DIGITS} are accepted")
+    return int(digits)
+
+
+def _check_tree(data) -> None:
+    """400 for nesting deeper than MAX_JSON_DEPTH or a string (key or value) that is not valid Unicode."""
+    stack = [(data, 1, "")]
+    while stack:
+        value, depth, where = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise _bad(where or None, f"the request body holds a string that is not valid Unicode (a lone surrogate escape) at {where or 'the top'}") from None
+            continue
+        if not isinstance(value, dict | list):
+            continue
+        if depth > MAX_JSON_DEPTH:
+            raise _bad(None, f"the request body nests deeper than {MAX_JSON_DEPTH} levels")
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            if isinstance(key, str):
+                stack.append((key, depth, f"{where}.<key>" if where else "<key>"))
+            stack.append((item, depth + 1, f"{where}[{key}]" if isinstance(key, int) else f"{where}.{key}" if where else key))
+
+
 def parse_json_body(body: bytes) -> dict:
-    """The body as a JSON object; 400 for invalid UTF-8, invalid JSON or a non-object."""
+    """The body as a JSON object; 400 for invalid UTF-8 or JSON, a non-object, deep nesting, huge integers, lone surrogates."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise _bad(None, f"the request body is not valid UTF-8 (byte {exc.start})") from None
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_int=_int)
     except json.JSONDecodeError as exc:
         raise _bad(None, f"the request body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise _bad(None, f"the request body nests deeper than {MAX_JSON_DEPTH} levels") from None
     if not isinstance(data, dict):
         raise _bad(None, f"the request body must be a JSON object, got {_kind(data)}")
+    _check_tree(data)
     return data
 
 

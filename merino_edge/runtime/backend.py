@@ -1,6 +1,6 @@
 """The backend interface every inference engine implements, and `create_backend`.
 
-A backend runs the bundle's one graph (DESIGN.md, "ONNX graph") and keeps the
+A backend runs the bundle's one graph (its contract: `export/onnx.py`) and keeps the
 KV cache of one batch between calls.  The generator drives it:
 
     logits = backend.prefill(input_ids, attention_mask)   # [b, V]: each row's last real token
@@ -15,7 +15,9 @@ three methods:
     _forward(input_ids, position_ids, attention_mask, last) -> logits [b, V]
         Run input_ids [b, s] against the cached past (past length =
         attention_mask.shape[1] - s, 0 right after `_reset`), append the new
-        K/V to the cache and return the logits at column `last[r]` of each row r.
+        K/V to the cache and return the logits at column `last[r]` of each row r,
+        computing the head only at those columns (`logits_columns`; the graph's
+        `logits_to_keep` input) so that a long prompt costs no [s, V] tensor.
     _reset()        drop the cache.
     score(input_ids, attention_mask) -> logits [b, s, V]
         Full-sequence logits without touching the cache (lm-eval).
@@ -37,8 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from merino_edge.bundle import Bundle
 from merino_edge.errors import InputError, MerinoError
-from merino_edge.export.bundle import Bundle
 
 log = logging.getLogger("merino_edge.runtime")
 
@@ -143,6 +145,12 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(precision={self.precision!r}, max_context={self.max_context}, max_batch={self.max_batch})"
+
+
+def logits_columns(last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct columns of `last` (the graph's `logits_to_keep`) and, for each row, the index of its own among them."""
+    keep, where = np.unique(last, return_inverse=True)
+    return keep.astype(np.int64), where.reshape(-1)
 
 
 def positions_from_mask(mask: np.ndarray) -> np.ndarray:

@@ -14,6 +14,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 
 from merino_edge.errors import InputError
+from merino_edge.fileio import check_schema
 
 SCHEMA_VERSION = 1
 
@@ -44,8 +45,7 @@ class BenchResult:
 
     @classmethod
     def from_json(cls, data: dict) -> BenchResult:
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise InputError(f"bench result: schema_version {data.get('schema_version')} is not {SCHEMA_VERSION}")
+        check_schema(data, "bench result", SCHEMA_VERSION)
         return cls(**data)
 
     def table(self) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import httpx
@@ -70,13 +70,13 @@ class ApiClient:
                 if response.status_code != 200:
                     response.read()
                     _raise_for_error(response)
-                for line in response.iter_lines():
-                    if not line.startswith("data: "):
-                        continue
-                    data = line[len("data: ") :]
+                for data in sse_data(response.iter_text()):
                     if data == "[DONE]":
                         return
-                    event = json.loads(data)
+                    try:
+                        event = json.loads(data)
+                    except ValueError:
+                        raise MerinoError(f"server sent an event that is not JSON: {data[:80]!r}") from None
                     if "error" in event:
                         raise MerinoError(f"server: {event['error']['message']}")
                     for choice in event["choices"]:
@@ -93,6 +93,21 @@ class ApiClient:
     def chat(self, messages: list[dict], **sampling) -> Iterator[str]:
         """Stream the assistant's answer to `messages`."""
         return self._stream("/v1/chat/completions", {"messages": messages, **_given(sampling)})
+
+
+def sse_data(chunks: Iterable[str]) -> Iterator[str]:
+    """The `data:` field of each server-sent event line in a stream of text chunks.
+
+    Lines end at "\\n" only (a trailing "\\r" is dropped): `str.splitlines`, and so
+    httpx's `iter_lines`, would also cut at U+2028 and other characters that JSON
+    carries unescaped inside a string.
+    """
+    pending = ""
+    for chunk in chunks:
+        *lines, pending = (pending + chunk).split("\n")
+        for line in lines:
+            if line.startswith("data:"):
+                yield line[len("data:") :].removeprefix(" ").removesuffix("\r")
 
 
 def _given(options: dict) -> dict:

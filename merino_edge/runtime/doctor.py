@@ -114,13 +114,30 @@ def _jetson(report: DoctorReport, board) -> None:
     report.add("clocks", {True: "locked (jetson_clocks)", False: "not locked: timings vary (sudo jetson_clocks)", None: "unknown"}[locked], ok=bool(locked))
 
 
-def _pick(report: DoctorReport, trt, bundle: str | Path | None) -> None:
+def _tensorrt(report: DoctorReport) -> tuple[object | None, str]:
+    """The usable `tensorrt` module (version 10 or newer), or None and why not."""
+    from merino_edge.runtime.backends.tensorrt import INSTALL_HINT, version_problem
+
+    try:
+        import tensorrt as trt
+    except ImportError:
+        report.add("tensorrt", INSTALL_HINT.replace("TensorRT is not installed: ", "not installed; "), ok=False)
+        return None, "TensorRT is not installed"
+    problem = version_problem(trt.__version__)
+    if problem:
+        report.add("tensorrt", problem, ok=False)
+        return None, f"TensorRT {trt.__version__} is too old"
+    report.add("tensorrt", trt.__version__)
+    return trt, ""
+
+
+def _pick(report: DoctorReport, trt, missing: str, bundle: str | Path | None) -> None:
     """The backend `create_backend(bundle, "auto")` would choose, and why."""
-    from merino_edge.export.bundle import Bundle
+    from merino_edge.bundle import Bundle
 
     loaded = None if bundle is None else Bundle.load(bundle, verify=False)
     if trt is None:
-        report.backend, report.reason = "ort", "TensorRT is not installed"
+        report.backend, report.reason = "ort", missing
         return
     if not report["cuda bindings"].ok:
         report.backend, report.reason = "ort", "TensorRT needs pycuda or cuda-python"
@@ -145,7 +162,7 @@ def _pick(report: DoctorReport, trt, bundle: str | Path | None) -> None:
 
 def _pick_graph(report: DoctorReport, bundle: str | Path, precision: str | None) -> None:
     """The graph ONNX Runtime would run on this CPU: the one asked for, or `auto`'s choice and why."""
-    from merino_edge.export.bundle import Bundle
+    from merino_edge.bundle import Bundle
 
     loaded = Bundle.load(bundle, verify=False)
     if precision not in (None, "auto"):
@@ -160,17 +177,10 @@ def run_doctor(bundle: str | Path | None = None, precision: str | None = None) -
     """Look at this machine (and, if given, whether it can run `bundle`'s engine, and which graph ONNX Runtime runs)."""
     from merino_edge.jetson.board import detect_board
     from merino_edge.runtime.backends.cuda_memory import available_cuda_bindings
-    from merino_edge.runtime.backends.tensorrt import INSTALL_HINT
 
     report = DoctorReport()
     report.add("merino-edge", f"{__version__} on Python {platform.python_version()} ({platform.machine()})")
-    try:
-        import tensorrt as trt
-
-        report.add("tensorrt", trt.__version__)
-    except ImportError:
-        trt = None
-        report.add("tensorrt", INSTALL_HINT.replace("TensorRT is not installed: ", "not installed; "), ok=False)
+    trt, missing = _tensorrt(report)
     bindings = available_cuda_bindings()
     report.add("cuda bindings", ", ".join(bindings) if bindings else "none (pip install pycuda)", ok=bool(bindings))
     gpus, driver_cuda = _nvidia_smi()
@@ -191,7 +201,7 @@ def run_doctor(bundle: str | Path | None = None, precision: str | None = None) -
     _jetson(report, board)
     torch_version = _version("torch")
     report.add("torch", f"{torch_version} (training and export only; serving never imports it)" if torch_version else "not installed (not needed to serve)")
-    _pick(report, trt, bundle)
+    _pick(report, trt, missing, bundle)
     if bundle is not None and report.backend == "ort":
         _pick_graph(report, bundle, precision)
     return report

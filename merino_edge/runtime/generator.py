@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from merino_edge.bundle import Bundle
 from merino_edge.errors import InputError
-from merino_edge.export.bundle import Bundle
 from merino_edge.runtime.backend import Backend, create_backend
 from merino_edge.runtime.detokenize import IncrementalDecoder, StopMatcher
 from merino_edge.runtime.sampling import Sampler, SamplingParams

@@ -31,7 +31,7 @@ try:
 except ImportError:  # pragma: no cover - depends on the install
     raise MissingDependencyError("merino-edge eval needs lm-evaluation-harness: pip install 'merino-edge[eval]'") from None
 
-from merino_edge.export.bundle import Bundle
+from merino_edge.bundle import Bundle
 from merino_edge.runtime.backend import Backend, create_backend
 from merino_edge.tokenizer import Tokenizer
 

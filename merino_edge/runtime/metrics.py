@@ -19,8 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.core import GaugeMetricFamily
 
 from merino_edge import __version__
-from merino_edge.errors import InputError
-from merino_edge.runtime.socket_path import parse_host_port
+from merino_edge.runtime.socket_path import bind_error, parse_host_port
 
 PREFIX = "merino_edge"
 DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
@@ -117,7 +116,7 @@ def start_metrics_server(addr: str, registry: CollectorRegistry):
     try:
         httpd, _thread = start_http_server(port, addr=host, registry=registry)
     except OSError as exc:
-        raise InputError(f"cannot serve metrics on {addr}: {exc.strerror}") from None
+        raise bind_error(f"cannot serve metrics on {addr}", exc) from None
     return httpd, httpd.server_address[:2]
 
 

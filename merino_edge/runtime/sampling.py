@@ -5,7 +5,10 @@ penalty (CTRL: a seen token's positive logit is divided by the penalty, a
 negative one multiplied), then temperature, top-k, top-p (nucleus: the
 smallest set of tokens whose probability reaches p), then one draw from a
 seeded `numpy.random.Generator`.  Temperature 0 is greedy (argmax; ties go to
-the lowest id).
+the lowest id), and so is any temperature below MIN_TEMPERATURE: dividing by
+less would overflow float64 for large logits.  The repetition penalty lies in
+[MIN_REPETITION_PENALTY, MAX_REPETITION_PENALTY], so that the scaled logits of
+any float32 model (|x| < 3.4e38) stay finite: no NaN can reach the draw.
 """
 
 from __future__ import annotations
@@ -17,6 +20,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from merino_edge.errors import InputError
+
+MIN_TEMPERATURE = 1e-6
+MIN_REPETITION_PENALTY = 1e-3
+MAX_REPETITION_PENALTY = 10.0
 
 
 @dataclass
@@ -50,7 +57,8 @@ class SamplingParams:
             ("temperature", _finite(self.temperature) and self.temperature >= 0, "a number >= 0"),
             ("top_k", isinstance(self.top_k, int) and not isinstance(self.top_k, bool) and self.top_k >= 0, "an integer >= 0 (0 = off)"),
             ("top_p", _finite(self.top_p) and 0 < self.top_p <= 1, "a number in (0, 1]"),
-            ("repetition_penalty", _finite(self.repetition_penalty) and self.repetition_penalty > 0, "a number > 0"),
+            ("repetition_penalty", _finite(self.repetition_penalty) and MIN_REPETITION_PENALTY <= self.repetition_penalty <= MAX_REPETITION_PENALTY,
+             f"a number in [{MIN_REPETITION_PENALTY}, {MAX_REPETITION_PENALTY}]"),
             ("seed", self.seed is None or (isinstance(self.seed, int) and self.seed >= 0), "a non-negative integer"),
             ("stop", all(isinstance(s, str) and s for s in self.stop), "non-empty strings"),
         ]
@@ -60,7 +68,7 @@ class SamplingParams:
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < MIN_TEMPERATURE
 
 
 def _finite(x) -> bool:

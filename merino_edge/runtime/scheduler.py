@@ -95,7 +95,8 @@ class GenerationQueue:
         with self._cond:
             if self._closing:
                 raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
-            if len(self._waiting) >= self.max_waiting and self._running is not None:
+            # An idle worker is about to take the head of the line: it may hold one more than max_waiting.
+            if len(self._waiting) >= self.max_waiting + (self._running is None):
                 raise APIError(
                     429, f"the request queue is full ({self.max_waiting} waiting); retry later", type="rate_limit_error", code="queue_full"
                 )

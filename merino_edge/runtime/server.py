@@ -16,12 +16,20 @@ Security: the Unix socket is mode 0660 (the service user and group only) and
 needs no key.  TCP listens on loopback unless told otherwise; a non-loopback
 address needs an API key (`--api-key` or `MERINO_EDGE_API_KEY`), which every
 TCP request but `/health` must then send as `Authorization: Bearer KEY`.
+A loopback listener without a key is still reachable by every local user and
+by any web page the board's browser opens, so it takes only requests whose
+`Host` names the listener itself (127.0.0.1:PORT, localhost:PORT, [::1]:PORT:
+a DNS-rebinding page sends its own name) and POSTs with a JSON content type
+(a cross-site form cannot send one without a CORS preflight, which this server
+never grants) -- the defence of Ollama and of Starlette's TrustedHostMiddleware.
+Connection count and header, body and idle deadlines: `connection_limits.py`.
 
 Errors use OpenAI's body `{"error": {"message", "type", "param", "code"}}`:
 400 bad JSON, invalid UTF-8, wrong types, unknown fields, bad sampling values,
-prompt over the context; 401 wrong key; 404 unknown route or model; 405 wrong
-method; 413 body over `max_body_bytes`; 429 queue full; 503 loading or
-shutting down.
+prompt over the context; 401 wrong key; 403 foreign Host on TCP; 404 unknown
+route or model; 405 wrong method; 408 body not sent in time; 413 body over
+`max_body_bytes`; 415 not JSON on TCP; 429 queue full; 503 loading or
+shutting down.  Every request is counted under one outcome.
 """
 
 from __future__ import annotations
@@ -42,19 +50,22 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
+from merino_edge.bundle import Bundle
 from merino_edge.errors import InputError, MerinoError
-from merino_edge.export.bundle import Bundle
 from merino_edge.runtime.api_responses import DONE, ResponseWriter, public_timings, sse
 from merino_edge.runtime.api_schema import APIError, ApiRequest, parse_chat_request, parse_completion_request, parse_json_body
+from merino_edge.runtime.connection_limits import ConnectionLimits
 from merino_edge.runtime.metrics import DEFAULT_METRICS_ADDR, ServerMetrics, start_metrics_server, start_tegrastats
 from merino_edge.runtime.scheduler import Done, Failed, GenerationQueue, Job
 from merino_edge.runtime.socket_path import (
+    DEFAULT_BIND_RETRY_S,
     bind_tcp_socket,
     bind_unix_socket,
     default_socket_path,
     is_loopback,
     parse_host_port,
     remove_socket,
+    retry_transient,
 )
 
 log = logging.getLogger("merino_edge.server")
@@ -71,14 +82,18 @@ class ServerState:
     """What the handlers share: the bundle, the model once loaded, the queue and the metrics."""
 
     def __init__(self, bundle: Bundle, metrics: ServerMetrics, *, model_id: str | None = None, queue_size: int = DEFAULT_QUEUE_SIZE,
-                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, api_key: str | None = None):
+                 max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, api_key: str | None = None, tcp_hosts: frozenset[str] = frozenset(),
+                 body_timeout: float = ConnectionLimits.body_timeout):
         self.bundle = bundle
         self.metrics = metrics
         self.model_id = model_id or bundle.path.resolve().name
         self.queue_size = queue_size
         self.max_body_bytes = max_body_bytes
         self.api_key = api_key
+        self.tcp_hosts = tcp_hosts  # Host headers a keyless TCP listener answers
+        self.body_timeout = body_timeout
         self.status = "loading"  # -> "ready" | "failed" | "shutting_down"
+        self._status_lock = threading.Lock()
         self.load_error: BaseException | None = None
         self.generator = None
         self.tokenizer = None
@@ -97,13 +112,22 @@ class ServerState:
         self.max_context = engine.max_context
         self.queue = GenerationQueue(self.generator, SamplingParams, self.metrics, max_waiting=self.queue_size)
         self.metrics.set_model(self.model_id, engine.name, engine.precision)
-        self.metrics.ready.set(1)
-        self.status = "ready"
+        with self._status_lock:
+            if self.status != "loading":  # SIGTERM came while loading: stay down
+                return
+            self.metrics.ready.set(1)
+            self.status = "ready"
         log.info("model %s ready on %s (%s)", self.model_id, engine.name, engine.precision)
 
+    def stop_serving(self) -> None:
+        """Answer 503 from now on: "shutting_down" (a failed load keeps its "failed")."""
+        with self._status_lock:
+            if self.status != "failed":
+                self.status = "shutting_down"
+            self.metrics.ready.set(0)
+
     def close(self) -> None:
-        self.status = "shutting_down"
-        self.metrics.ready.set(0)
+        self.stop_serving()
         if self.queue is not None:
             self.queue.close()
 
@@ -115,14 +139,21 @@ class ServerState:
             raise APIError(503, f"{what}; retry shortly", type="server_error", code="model_not_ready")
 
     def authorize(self, request: Request) -> None:
-        """TCP requests must carry the API key when one is set; the Unix socket is guarded by its file mode."""
+        """TCP requests need the key when one is set, else our own Host and JSON; the Unix socket is guarded by its file mode."""
         server = request.scope.get("server")
-        over_tcp = server is not None and server[1] is not None
-        if not (over_tcp and self.api_key):
+        if server is None or server[1] is None:
             return
-        scheme, _, key = request.headers.get("authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
-            raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
+        if self.api_key:
+            scheme, _, key = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
+                raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
+            return
+        host = request.headers.get("host", "")
+        if host.lower() not in self.tcp_hosts:
+            raise APIError(403, f"Host {host!r} is not this server's address (use one of {', '.join(sorted(self.tcp_hosts))})", code="invalid_host")
+        content_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if request.method == "POST" and content_type != "application/json":
+            raise APIError(415, f"requests on TCP must be 'Content-Type: application/json', not {content_type or 'none'!r}", code="unsupported_media_type")
 
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_id:
@@ -165,23 +196,33 @@ class ServerState:
 
 def _error(exc: APIError) -> JSONResponse:
     headers = {"Retry-After": "1"} if exc.status in (429, 503) else None
+    if exc.status in (408, 413):  # answered before the whole body came: the connection cannot carry another request
+        headers = {"Connection": "close"}
     return JSONResponse(exc.body(), status_code=exc.status, headers=headers)
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
-    """The body, or APIError 413 once it exceeds `limit` (after draining it, so the client reads the answer)."""
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
+    """The body; APIError 413 once it exceeds `limit` (after draining it, so the client reads the answer), 408 after `timeout` s."""
     declared = request.headers.get("content-length")
-    too_big = declared is not None and declared.isdigit() and int(declared) > limit
+    too_big = declared is not None and declared.isdecimal() and int(declared) > limit
     body, size = bytearray(), 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            too_big = True
-        if too_big:
-            if size > DRAIN_LIMIT_BYTES:
-                break
-            continue
-        body += chunk
+
+    async def read() -> None:
+        nonlocal size, too_big
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                too_big = True
+            if too_big:
+                if size > DRAIN_LIMIT_BYTES:
+                    break
+                continue
+            body.extend(chunk)
+
+    try:
+        await asyncio.wait_for(read(), timeout)
+    except asyncio.TimeoutError:
+        raise APIError(408, f"the request body did not arrive within {timeout:g} s", code="request_timeout") from None
     if too_big:
         raise APIError(413, f"the request body is larger than this server accepts ({limit} bytes)", code="request_too_large")
     return bytes(body)
@@ -269,7 +310,7 @@ async def _generate(request: Request, endpoint: str) -> Response:
     try:
         state.authorize(request)
         try:
-            body = await _read_body(request, state.max_body_bytes)
+            body = await _read_body(request, state.max_body_bytes, state.body_timeout)
         except ClientDisconnect:  # gone before sending the whole body
             state.metrics.outcome("cancelled")
             return Response(status_code=204)
@@ -396,9 +437,7 @@ class _Server(uvicorn.Server):
                 signal.signal(sig, handler)
 
     def handle_exit(self, sig, frame) -> None:
-        if self.state.status != "failed":
-            self.state.status = "shutting_down"
-        self.state.metrics.ready.set(0)
+        self.state.stop_serving()
         super().handle_exit(sig, frame)
 
 
@@ -410,6 +449,12 @@ def _api_key_for(tcp: str | None, api_key: str | None) -> tuple[tuple[str, int] 
     if not is_loopback(host) and not api_key:
         raise InputError(f"--tcp {tcp} is not a loopback address: it needs an API key (--api-key or {API_KEY_ENV})")
     return (host, port), api_key
+
+
+def own_hosts(host: str, port: int) -> frozenset[str]:
+    """The Host headers that name a loopback listener at (host, port): its address and the loopback names, with the port."""
+    names = {host, "localhost", "127.0.0.1", "[::1]"} | ({f"[{host}]"} if ":" in host else set())
+    return frozenset(f"{name}:{port}".lower() for name in names) | (frozenset(names) if port == 80 else frozenset())
 
 
 def serve(
@@ -425,8 +470,16 @@ def serve(
     queue_size: int = DEFAULT_QUEUE_SIZE,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     shutdown_grace: float = 10.0,
+    limits: ConnectionLimits | None = None,
+    bind_retry_s: float = DEFAULT_BIND_RETRY_S,
 ) -> None:
-    """Serve a bundle until SIGTERM / Ctrl-C.  `metrics_addr=None` serves no metrics."""
+    """Serve a bundle until SIGTERM / Ctrl-C.  `metrics_addr=None` serves no metrics; `limits` default to `ConnectionLimits()`.
+
+    Raises InputError (exit 2) for what configuration must fix, before any socket
+    exists when it is the flags or the bundle; UnavailableError (exit 75) when an
+    address stayed in use or unassigned for `bind_retry_s` seconds.
+    """
+    limits = limits or ConnectionLimits()
     if queue_size < 0:
         raise InputError(f"--queue-size must be >= 0, got {queue_size}")
     if max_body_bytes < 1024:
@@ -436,23 +489,24 @@ def serve(
     if precision not in (None, "auto"):
         bundle.onnx_path(precision)  # a graph the bundle lacks fails here, before the socket is bound
     metrics = ServerMetrics()
-    state = ServerState(bundle, metrics, queue_size=queue_size, max_body_bytes=max_body_bytes, api_key=api_key)
+    state = ServerState(bundle, metrics, queue_size=queue_size, max_body_bytes=max_body_bytes, api_key=api_key,
+                        tcp_hosts=own_hosts(*tcp_addr) if tcp_addr else frozenset(), body_timeout=limits.body_timeout)
     socket_path = Path(socket_path) if socket_path else default_socket_path()
 
     if not logging.getLogger().handlers:
         logging.basicConfig(level=logging.INFO, format="merino-edge: %(message)s")
-    sockets = [bind_unix_socket(socket_path)]
+    sockets = [retry_transient(lambda: bind_unix_socket(socket_path), bind_retry_s)]
     inode = os.stat(socket_path).st_ino
     metrics_httpd = tegrastats = None
     try:
         if tcp_addr is not None:
-            sockets.append(bind_tcp_socket(*tcp_addr))
+            sockets.append(retry_transient(lambda: bind_tcp_socket(*tcp_addr), bind_retry_s))
         if metrics_addr:
-            metrics_httpd, (mhost, mport) = start_metrics_server(metrics_addr, metrics.registry)
+            metrics_httpd, (mhost, mport) = retry_transient(lambda: start_metrics_server(metrics_addr, metrics.registry), bind_retry_s)
             log.info("metrics on http://%s:%d/metrics", mhost, mport)
         tegrastats = start_tegrastats(metrics)
-        config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, http="h11", lifespan="on",
-                                timeout_graceful_shutdown=shutdown_grace)
+        config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="on",
+                                timeout_graceful_shutdown=shutdown_grace, **limits.uvicorn_options())
         server = _Server(config, state)
 
         def load():

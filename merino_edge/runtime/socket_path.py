@@ -7,6 +7,12 @@ is created with mode 0660 so that only the service user and its group may talk
 to the model; the parent directory is created when missing.  A socket left by a
 crashed run (nobody accepts on it) is replaced; a live one, or a path that is
 not a socket at all, is refused.
+
+At a board's boot an address may not be assigned yet, and a port or socket may
+still be held by the instance that is stopping: those failures raise
+`UnavailableError` and `retry_transient` tries again for a while; everything
+else (a path that is no socket, no permission, a malformed address) is the
+configuration's fault and raises `InputError`.
 """
 
 from __future__ import annotations
@@ -17,14 +23,21 @@ import ipaddress
 import os
 import socket
 import stat
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from merino_edge.errors import InputError
+from merino_edge.errors import InputError, UnavailableError
+
+T = TypeVar("T")
 
 SOCKET_MODE = 0o660
 DIR_MODE = 0o750
 # sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 107
+DEFAULT_BIND_RETRY_S = 10.0
+TRANSIENT_ERRNOS = frozenset({errno.EADDRINUSE, errno.EADDRNOTAVAIL})
 
 
 def default_socket_path(environ: dict[str, str] | None = None) -> Path:
@@ -61,7 +74,7 @@ def bind_unix_socket(path: str | Path, mode: int = SOCKET_MODE) -> socket.socket
         if not stat.S_ISSOCK(path.lstat().st_mode):
             raise InputError(f"{path} exists and is not a socket; refusing to replace it (choose another --socket)")
         if _socket_is_live(path):
-            raise InputError(f"another server is already listening on {path}")
+            raise UnavailableError(f"another server is already listening on {path}")
         path.unlink()  # stale socket from a crashed run
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     old_umask = os.umask(0o777 & ~mode)  # the file is born with `mode`, no window with wider rights
@@ -108,7 +121,8 @@ def bind_tcp_socket(host: str, port: int) -> socket.socket:
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
-        raise InputError(f"cannot resolve {host!r}: {exc.strerror}") from None
+        error = UnavailableError if exc.errno == socket.EAI_AGAIN else InputError
+        raise error(f"cannot resolve {host!r}: {exc.strerror}") from None
     family, _, _, _, address = infos[0]
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -116,6 +130,24 @@ def bind_tcp_socket(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        reason = "the address is in use" if exc.errno == errno.EADDRINUSE else exc.strerror
-        raise InputError(f"cannot listen on {host}:{port}: {reason}") from None
+        raise bind_error(f"cannot listen on {host}:{port}", exc) from None
     return sock
+
+
+def bind_error(what: str, exc: OSError) -> InputError | UnavailableError:
+    """UnavailableError for an address in use or not (yet) assigned, InputError for the rest."""
+    reason = {errno.EADDRINUSE: "the address is in use", errno.EADDRNOTAVAIL: "the address is not assigned to this machine (yet)"}
+    error = UnavailableError if exc.errno in TRANSIENT_ERRNOS else InputError
+    return error(f"{what}: {reason.get(exc.errno, exc.strerror)}")
+
+
+def retry_transient(bind: Callable[[], T], retry_s: float = DEFAULT_BIND_RETRY_S) -> T:
+    """`bind()`, called again every half second while it raises UnavailableError, for up to `retry_s` seconds."""
+    deadline = time.monotonic() + retry_s
+    while True:
+        try:
+            return bind()
+        except UnavailableError:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)

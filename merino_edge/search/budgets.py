@@ -22,6 +22,7 @@ import numpy as np
 
 from merino_edge.arch import FLOPS_SEQ_LEN, ArchSpec, Block
 from merino_edge.errors import InputError
+from merino_edge.fileio import check_schema
 from merino_edge.search.space import DEPTH, RATIO, WIDTH, SearchSpace
 from merino_edge.units import format_count
 
@@ -81,8 +82,7 @@ class Budget:
 
     @classmethod
     def from_json(cls, data: dict) -> Budget:
-        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-            raise InputError(f"budget: expected an object with schema_version {SCHEMA_VERSION}")
+        check_schema(data, "budget", SCHEMA_VERSION)
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 

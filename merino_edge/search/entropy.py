@@ -11,7 +11,7 @@ is keyed as (a, b) = (min, max).
   is known in closed form for a Wishart matrix (a sum of digammas), so only the
   small last term is sampled.  Same expectation, a standard error 3 to 1000
   times smaller than plain sampling (`control_variate=False`).
-- `entropy_closed_form`: the Marchenko-Pastur Shannon transform (DESIGN.md),
+- `entropy_closed_form`: the Marchenko-Pastur Shannon transform (docs/search-method.md),
   exact as the matrix grows; a few tenths of a percent off at 64 x 64.
 - `EntropyTable`: Monte-Carlo means for every shape the search space produces
   ((E, E) for attention, (E, R*E) for the FFN), built once by
@@ -34,7 +34,7 @@ import numpy as np
 
 from merino_edge.arch import TABLE5, Axes
 from merino_edge.errors import InputError
-from merino_edge.fileio import read_json, write_json_atomic
+from merino_edge.fileio import check_schema, read_json, write_json_atomic
 
 SCHEMA_VERSION = 1
 DEFAULT_EPS = 1e-3
@@ -140,8 +140,7 @@ class EntropyTable:
 
     @classmethod
     def from_json(cls, data: dict) -> EntropyTable:
-        if not isinstance(data, dict) or data.get("schema_version") != SCHEMA_VERSION:
-            raise InputError(f"entropy table: schema_version must be {SCHEMA_VERSION}")
+        check_schema(data, "entropy table", SCHEMA_VERSION, fix="run `merino-edge search build-table`")
         try:
             entries = {_shape(e["rows"], e["cols"]): (float(e["mean"]), float(e["stderr"])) for e in data["entries"]}
             return cls(eps=float(data["eps"]), samples=int(data["samples"]), seed=int(data["seed"]), entries=entries)

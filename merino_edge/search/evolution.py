@@ -34,6 +34,9 @@ from merino_edge.errors import InputError
 from merino_edge.search.budgets import Costs
 from merino_edge.search.space import DEPTH, RATIO, WIDTH, SearchSpace
 
+# Sec. 4.1: T mutations, a population of M, the K best kept as parents.
+ITERATIONS, POPULATION, PARENTS = 100_000, 512, 64
+
 
 @dataclass(frozen=True)
 class EvolutionResult:
@@ -63,9 +66,9 @@ def evolve(
     objective,
     costs: Costs,
     *,
-    iterations: int = 100_000,
-    population: int = 512,
-    parents: int = 64,
+    iterations: int = ITERATIONS,
+    population: int = POPULATION,
+    parents: int = PARENTS,
     seed: int = 0,
     step: int = 2,
     init_draws: int = 100_000,

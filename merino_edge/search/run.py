@@ -16,7 +16,7 @@ from merino_edge.arch import ArchSpec, save_arch
 from merino_edge.errors import InputError
 from merino_edge.search.budgets import Budget, Costs, metric_functions
 from merino_edge.search.entropy import entropy_source
-from merino_edge.search.evolution import EvolutionResult, evolve
+from merino_edge.search.evolution import ITERATIONS, PARENTS, POPULATION, EvolutionResult, evolve
 from merino_edge.search.exact import ExactResult, solve_exact
 from merino_edge.search.objective import Objective
 from merino_edge.search.pareto import Sweep, sweep, write_sweep
@@ -133,7 +133,7 @@ class SearchResult:
             lines.append(f"pareto: {path}")
         return "\n".join(lines)
 
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path = "arch.json") -> Path:
         save_arch(path, self.arch, self.to_json())
         return Path(path)
 
@@ -144,9 +144,9 @@ def run_search(
     space: SearchSpace | None = None,
     objective: Objective | None = None,
     profile: str | Path | None = None,
-    iterations: int = 100_000,
-    population: int = 512,
-    parents: int = 64,
+    iterations: int = ITERATIONS,
+    population: int = POPULATION,
+    parents: int = PARENTS,
     seed: int = 0,
     exact: bool | None = None,
     pareto: str | Sweep | None = None,

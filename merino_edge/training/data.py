@@ -28,18 +28,16 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
 from merino_edge.fileio import read_json, write_json_atomic
+from merino_edge.token_shards import MANIFEST, Shard, ShardManifest, Split
 from merino_edge.tokenizer import Tokenizer
 
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-KIND = "merino-edge token shards"
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
 TEXT_UNITS = ("file", "paragraph", "line")
@@ -176,66 +174,6 @@ class Corpus:
 
 
 # ------------------------------------------------------------------ shards
-
-
-@dataclass
-class Shard:
-    file: str
-    tokens: int = 0
-    documents: int = 0
-    sha256: str = ""
-
-
-@dataclass
-class Split:
-    documents: int = 0
-    tokens: int = 0
-    shards: list[Shard] = field(default_factory=list)
-
-
-@dataclass
-class ShardManifest:
-    """What `prepare_shards` wrote: enough to check and reuse it later."""
-
-    tokenizer_sha256: str
-    vocab_size: int
-    eos_id: int
-    dtype: str
-    seed: int
-    val_fraction: float
-    text_unit: str
-    sources: list[str]
-    splits: dict[str, Split]
-    schema_version: int = SCHEMA_VERSION
-    kind: str = KIND
-
-    def to_json(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_json(cls, data: dict) -> ShardManifest:
-        if not isinstance(data, dict) or data.get("kind") != KIND:
-            raise InputError("data: manifest.json is not a merino-edge token shard manifest")
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise IncompatibleError(
-                f"data: shard manifest schema_version {data.get('schema_version')} is not {SCHEMA_VERSION}; prepare the data again"
-            )
-        try:
-            splits = {name: Split(s["documents"], s["tokens"], [Shard(**sh) for sh in s["shards"]]) for name, s in data["splits"].items()}
-            fields = {k: data[k] for k in cls.__dataclass_fields__ if k != "splits"}
-        except (KeyError, TypeError) as exc:
-            raise InputError(f"data: shard manifest is incomplete ({exc})") from None
-        return cls(**fields, splits=splits)
-
-    def matches(self, corpus: Corpus, tokenizer: Tokenizer, val_fraction: float, seed: int) -> bool:
-        """Would preparing `corpus` with these settings give exactly these shards?"""
-        return (
-            self.tokenizer_sha256 == tokenizer.sha256
-            and self.sources == list(corpus.sources)
-            and self.text_unit == corpus.text_unit
-            and self.val_fraction == val_fraction
-            and self.seed == seed
-        )
 
 
 def is_validation(index: int, seed: int, val_fraction: float) -> bool:

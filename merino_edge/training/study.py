@@ -34,7 +34,7 @@ import numpy as np
 
 from merino_edge.arch import MAX_POSITIONS, PROJ_DIM, TABLE5, VOCAB_SIZE, ArchSpec, Axes
 from merino_edge.errors import IncompatibleError, InputError
-from merino_edge.fileio import write_json_atomic
+from merino_edge.fileio import check_schema, write_json_atomic
 from merino_edge.rank_correlation import kendall_tau, spearman
 from merino_edge.search.budgets import Budget, Costs
 from merino_edge.search.objective import Objective
@@ -96,9 +96,9 @@ class StudyConfig:
     amp: bool = True
     seed: int = 0
     # the entropy proxy and its sensitivity grid
-    eps: float = 1e-3
-    alpha: tuple[float, float] = (0.6, 0.4)
-    beta: float = 1 / 16
+    eps: float = Objective.eps
+    alpha: tuple[float, float] = Objective.alpha
+    beta: float = Objective.beta
     sensitivity_eps: tuple[float, ...] = (1e-5, 1e-4, 1e-3, 1e-2, 1e-1)
     sensitivity_alpha1: tuple[float, ...] = (0.0, 0.2, 0.4, 0.5, 0.6, 0.8, 1.0)
     progress: bool = True
@@ -126,8 +126,7 @@ class StudyConfig:
 
     @classmethod
     def from_json(cls, data: dict) -> StudyConfig:
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise InputError(f"study config: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+        check_schema(data, "study config", SCHEMA_VERSION)
         tuples = {"data", "alpha", "sensitivity_eps", "sensitivity_alpha1"}
         fields_ = {k: tuple(v) if k in tuples else v for k, v in data.items()}
         fields_.update(budget=Budget.from_json(data["budget"]), axes=Axes.from_json(data["axes"]))
@@ -221,8 +220,9 @@ def _start_or_resume(cfg: StudyConfig, out: Path, resume: bool) -> list[ArchSpec
 
 def _tokenizer_path(cfg: StudyConfig, out: Path) -> Path:
     """The tokenizer every run shares: given, beside prepared shards, or trained once now."""
+    from merino_edge.token_shards import MANIFEST
     from merino_edge.tokenizer import FILE_NAME, train_tokenizer
-    from merino_edge.training.data import MANIFEST, Corpus
+    from merino_edge.training.data import Corpus
 
     if cfg.tokenizer:
         return Path(cfg.tokenizer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from merino_edge.errors import InputError
+from merino_edge.fileio import check_schema
 
 SCHEMA_VERSION = 1
 
@@ -49,8 +49,7 @@ class StudyReport:
 
     @classmethod
     def from_json(cls, data: dict) -> StudyReport:
-        if data.get("schema_version") != SCHEMA_VERSION:
-            raise InputError(f"study report: schema_version {data.get('schema_version')!r} is not {SCHEMA_VERSION}")
+        check_schema(data, "study report", SCHEMA_VERSION)
         rest = {k: v for k, v in data.items() if k not in ("correlations", "sensitivity")}
         return cls(
             **rest,

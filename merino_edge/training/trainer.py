@@ -33,11 +33,12 @@ import torch.nn.functional as F
 
 from merino_edge.arch import ArchSpec, load_arch
 from merino_edge.errors import IncompatibleError, InputError
+from merino_edge.token_shards import MANIFEST
 from merino_edge.tokenizer import FILE_NAME as TOKENIZER_FILE
 from merino_edge.tokenizer import Tokenizer, train_tokenizer
 from merino_edge.training import checkpoint
 from merino_edge.training.config import TrainConfig, TrainResult, lr_at
-from merino_edge.training.data import MANIFEST, BatchSampler, Corpus, TokenShards, prepare_shards, validation_windows
+from merino_edge.training.data import BatchSampler, Corpus, TokenShards, prepare_shards, validation_windows
 
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "loss.png"

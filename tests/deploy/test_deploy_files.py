@@ -69,7 +69,7 @@ def test_rules_and_dashboard_use_only_exported_metrics():
     exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
     used = {name for text in [RULES.read_text(), *exprs] for name in METRIC.findall(text)}
     assert used - exported == set()
-    # The dashboard covers what DESIGN.md asks to watch.
+    # The dashboard covers latency, throughput, queueing, memory and the board's sensors.
     for name in ["time_to_first_token_seconds_bucket", "inter_token_latency_seconds_bucket", "request_duration_seconds_bucket",
                  "generation_tokens_total", "prompt_tokens_total", "requests_total", "queue_depth", "running_requests",
                  "process_resident_memory_bytes", "jetson_temperature_celsius", "jetson_power_watts", "jetson_gpu_load_ratio"]:

@@ -14,12 +14,13 @@ def session(path):
     return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
 
 
-def run_graph(sess, arch, ids, mask, positions, past, kv_dtype=np.float32):
-    """One call of the exported graph; `past` is the list of present tensors of the previous call (or None)."""
+def run_graph(sess, arch, ids, mask, positions, past, kv_dtype=np.float32, keep=None):
+    """One call of the exported graph; `past` is the list of present tensors of the previous call (or None); logits of every column unless `keep`."""
     if past is None:
         past = [np.zeros((ids.shape[0], h, 0, arch.head_dim), kv_dtype) for h in arch.layer_heads() for _ in "kv"]
-    feed = {"input_ids": ids, "position_ids": positions, "attention_mask": mask}
-    feed.update(zip(graph_names(arch)[0][3:], past, strict=True))
+    keep = np.arange(ids.shape[1]) if keep is None else np.asarray(keep, np.int64)
+    feed = {"input_ids": ids, "position_ids": positions, "attention_mask": mask, "logits_to_keep": keep}
+    feed.update(zip(graph_names(arch)[0][4:], past, strict=True))
     logits, *present = sess.run(None, feed)
     return logits, present
 
@@ -80,6 +81,21 @@ def test_left_padded_batch_matches_each_row_alone(exported):
         np.testing.assert_allclose(step_logits[r, 0], alone[-1], atol=1e-4, rtol=0)
 
 
+def test_logits_to_keep_returns_only_those_columns_with_the_same_values(exported):
+    arch, _, path = exported
+    sess = session(path)
+    ids = np.random.default_rng(2).integers(4, arch.vocab_size, (2, 9))
+    mask, positions = np.ones((2, 9), np.int64), np.arange(9)[None].repeat(2, 0)
+    every, present_all = run_graph(sess, arch, ids, mask, positions, None)
+    last, present_last = run_graph(sess, arch, ids, mask, positions, None, keep=[8])
+    some, _ = run_graph(sess, arch, ids, mask, positions, None, keep=[2, 8])
+    assert every.shape == (2, 9, arch.vocab_size) and last.shape == (2, 1, arch.vocab_size)
+    np.testing.assert_allclose(last[:, 0], every[:, 8], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(some, every[:, [2, 8]], atol=1e-5, rtol=0)
+    for a, b in zip(present_all, present_last, strict=True):  # the cache does not depend on what is kept
+        np.testing.assert_array_equal(a, b)
+
+
 def test_graph_io_follows_the_contract(exported):
     arch, _, path = exported
     graph = onnx.load(str(path), load_external_data=False).graph
@@ -93,7 +109,8 @@ def test_graph_io_follows_the_contract(exported):
     by_name = {v.name: v for v in [*graph.input, *graph.output]}
     assert shape(by_name["input_ids"]) == ["batch", "seq"]
     assert shape(by_name["attention_mask"]) == ["batch", "total"]
-    assert shape(by_name["logits"]) == ["batch", "seq", arch.vocab_size]
+    assert shape(by_name["logits_to_keep"]) == ["keep"]
+    assert shape(by_name["logits"]) == ["batch", "keep", arch.vocab_size]
     for i, heads in enumerate(arch.layer_heads()):
         assert shape(by_name[f"past.{i}.key"]) == ["batch", heads, "past", 64]
         assert shape(by_name[f"present.{i}.value"]) == ["batch", heads, "total", 64]

@@ -14,7 +14,7 @@ from shared_paths import EVAL_FIXTURES
 
 from merino_edge.cli import main
 from merino_edge.errors import InputError
-from merino_edge.export.bundle import MANIFEST, Bundle, file_sha256
+from merino_edge.bundle import MANIFEST, Bundle, file_sha256
 from merino_edge.export.package import export_bundle
 from merino_edge.export.quantize import quantize_bundle
 from merino_edge.runtime import Generator, SamplingParams, create_backend

@@ -9,9 +9,9 @@ pytest.importorskip("torch", reason="exporting the micro-graphs needs torch")
 
 from merino_edge.arch import ArchSpec, Axes, Block  # noqa: E402
 from merino_edge.device_profile import DeviceProfile, Measurement  # noqa: E402
-from merino_edge.export.micro import export_micro_graphs  # noqa: E402
-from merino_edge.jetson.profile import STATE_FILE, Grid, profile_device  # noqa: E402
-from merino_edge.jetson.profile_tensorrt import ENGINES_DIR, TensorRTRunners  # noqa: E402
+from merino_edge.profiling.export import export_micro_graphs  # noqa: E402
+from merino_edge.profiling.run import STATE_FILE, Grid, profile_device  # noqa: E402
+from merino_edge.profiling.tensorrt import ENGINES_DIR, TensorRTRunner  # noqa: E402
 from merino_edge.runtime.backends.cuda_memory import available_cuda_bindings  # noqa: E402
 from merino_edge.search.latency import LatencyModel  # noqa: E402
 
@@ -27,7 +27,7 @@ def test_tensorrt_profile_times_every_part_and_reuses_its_engines(tmp_path):
     workdir = tmp_path / "work"
     export_micro_graphs(workdir, precision="fp16", axes=AXES, progress=False, **MODEL)
     grid = Grid((0, 32, 127), (8, 32), Measurement(warmup=2, repetitions=5, flush_bytes=64 << 20))
-    profile = profile_device(workdir, tmp_path / "p.json", grid=grid, runners=TensorRTRunners(workdir), progress=False)
+    profile = profile_device(workdir, tmp_path / "p.json", grid=grid, runner=TensorRTRunner(workdir), progress=False)
 
     assert profile.backend.name == "tensorrt" and profile.backend.precision == "fp16"
     assert profile.device.kind in ("gpu", "jetson") and profile.device.gpu
@@ -41,5 +41,5 @@ def test_tensorrt_profile_times_every_part_and_reuses_its_engines(tmp_path):
 
     stamps = {p: p.stat().st_mtime_ns for p in engines}
     (workdir / STATE_FILE).unlink()  # time everything again: the engines are loaded, not built
-    profile_device(workdir, tmp_path / "q.json", grid=grid, runners=TensorRTRunners(workdir), progress=False)
+    profile_device(workdir, tmp_path / "q.json", grid=grid, runner=TensorRTRunner(workdir), progress=False)
     assert {p: p.stat().st_mtime_ns for p in engines} == stamps

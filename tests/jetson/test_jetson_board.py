@@ -6,7 +6,7 @@ import pytest
 
 from merino_edge.errors import IncompatibleError, MerinoError, MissingDependencyError
 from merino_edge.jetson import power
-from merino_edge.jetson.board import clocks_locked, cpu_model, detect_board, jetpack_release, l4t_release, last_level_cache_bytes
+from merino_edge.jetson.board import clocks_locked, detect_board, jetpack_release, l4t_release
 
 
 def make_root(tmp_path: Path, model: str | None, release: str | None) -> Path:
@@ -49,10 +49,7 @@ def test_not_a_jetson(tmp_path):
     assert detect_board(make_root(tmp_path, "Raspberry Pi 4 Model B Rev 1.4", None)) is None
 
 
-def test_cpu_model_and_locked_clocks_from_sysfs(tmp_path):
-    (tmp_path / "proc").mkdir()
-    (tmp_path / "proc" / "cpuinfo").write_text("processor\t: 0\nmodel name\t: ARMv8 Processor rev 1 (v8l)\n")
-    assert cpu_model(tmp_path) == "ARMv8 Processor rev 1 (v8l)"
+def test_locked_clocks_from_sysfs(tmp_path):
     assert clocks_locked(tmp_path) is None
     for cpu, (low, high) in enumerate([(1510400, 1510400), (1510400, 1510400)]):
         freq = tmp_path / "sys" / "devices" / "system" / "cpu" / f"cpu{cpu}" / "cpufreq"
@@ -62,15 +59,6 @@ def test_cpu_model_and_locked_clocks_from_sysfs(tmp_path):
     assert clocks_locked(tmp_path) is True
     (freq / "scaling_min_freq").write_text("115200\n")
     assert clocks_locked(tmp_path) is False
-
-
-def test_last_level_cache_from_sysfs(tmp_path):
-    assert last_level_cache_bytes(tmp_path) is None
-    for index, size in enumerate(["48K", "2048K", "4M"]):
-        folder = tmp_path / "sys" / "devices" / "system" / "cpu" / "cpu0" / "cache" / f"index{index}"
-        folder.mkdir(parents=True)
-        (folder / "size").write_text(size + "\n")
-    assert last_level_cache_bytes(tmp_path) == 4 << 20
 
 
 def test_power_mode_and_clocks_refuse_off_a_jetson(tmp_path):

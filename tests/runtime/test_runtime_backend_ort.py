@@ -7,8 +7,8 @@ import logging
 import numpy as np
 import pytest
 
+from merino_edge.bundle import Bundle
 from merino_edge.errors import InputError, MissingDependencyError
-from merino_edge.export.bundle import Bundle
 from merino_edge.export.package import export_bundle
 from merino_edge.runtime import Generator, SamplingParams, create_backend
 from merino_edge.tokenizer import Tokenizer

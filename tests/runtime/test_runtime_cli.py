@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
+from merino_edge.bundle import Bundle
 from merino_edge.cli import main
-from merino_edge.export.bundle import Bundle
 from merino_edge.runtime import Generator, SamplingParams
 
 

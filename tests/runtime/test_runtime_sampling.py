@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from merino_edge.runtime.sampling import Sampler, SamplingParams
+from merino_edge.errors import InputError
+from merino_edge.runtime.sampling import MAX_REPETITION_PENALTY, MIN_REPETITION_PENALTY, MIN_TEMPERATURE, Sampler, SamplingParams
 
 LOGITS = np.log(np.array([0.05, 0.4, 0.3, 0.15, 0.1]))
 
@@ -52,3 +54,19 @@ def test_same_seed_same_draws_other_seed_other_draws():
     first = [a(LOGITS) for _ in range(50)]
     assert first == [b(LOGITS) for _ in range(50)]
     assert first != [c(LOGITS) for _ in range(50)]
+
+
+def test_a_temperature_below_the_minimum_is_greedy_and_never_nan():
+    huge = np.array([3.0e38, -3.0e38, 2.9e38, 0.0], np.float32)  # float32 extremes
+    for t in (5e-324, 1e-300, 1e-7):
+        sampler = Sampler(SamplingParams(temperature=t, seed=0), vocab_size=4)
+        assert sampler(LOGITS) == 1 and sampler(huge) == 0
+    sampler = Sampler(SamplingParams(temperature=MIN_TEMPERATURE, repetition_penalty=MIN_REPETITION_PENALTY, seed=0), vocab_size=4)
+    sampler.observe([2])
+    assert all(sampler(huge) in (0, 2) for _ in range(20))  # finite scaled logits: a real draw, not an index from NaN
+
+
+@pytest.mark.parametrize("penalty", [1e-300, MIN_REPETITION_PENALTY / 2, MAX_REPETITION_PENALTY * 1.01, 0.0])
+def test_a_repetition_penalty_that_could_overflow_is_refused(penalty):
+    with pytest.raises(InputError, match="repetition_penalty"):
+        SamplingParams(repetition_penalty=penalty)

@@ -8,9 +8,9 @@ import shutil
 
 import pytest
 
+from merino_edge.bundle import Bundle
+from merino_edge.engine_record import ENGINE_FILE, ENGINE_NAME, EngineRecord, HostInfo, manifest_profiles
 from merino_edge.errors import MissingDependencyError
-from merino_edge.export.bundle import Bundle
-from merino_edge.export.engine_record import ENGINE_FILE, ENGINE_NAME, EngineRecord, HostInfo, manifest_profiles
 from merino_edge.runtime import create_backend
 from merino_edge.runtime.doctor import run_doctor
 

@@ -18,7 +18,7 @@ import pytest
 from fastapi.testclient import TestClient
 from server_harness import ServerProcess, free_port
 
-from merino_edge.export.bundle import Bundle
+from merino_edge.bundle import Bundle
 from merino_edge.runtime.client import ApiClient, run_chat
 from merino_edge.runtime.metrics import ServerMetrics
 from merino_edge.runtime.server import ServerState, create_app
@@ -204,7 +204,8 @@ def test_chat_keeps_the_conversation_resets_and_survives_ctrl_c(server):
 
 
 def test_health_is_503_while_loading_then_200(tiny_bundle):
-    state = ServerState(Bundle.load(tiny_bundle), ServerMetrics())
+    # The test client speaks to the app as a TCP client would, with Host "testserver".
+    state = ServerState(Bundle.load(tiny_bundle), ServerMetrics(), tcp_hosts=frozenset({"testserver"}))
     with TestClient(create_app(state)) as client:
         r = client.get("/health")
         assert r.status_code == 503 and r.json()["status"] == "loading"

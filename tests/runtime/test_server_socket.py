@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import socket
 import stat
+import threading
+import time
 
 import pytest
 
-from merino_edge.errors import InputError
-from merino_edge.runtime.socket_path import bind_unix_socket, default_socket_path, is_loopback, parse_host_port, remove_socket
+from merino_edge.errors import InputError, UnavailableError
+from merino_edge.runtime.server import own_hosts
+from merino_edge.runtime.socket_path import (
+    bind_tcp_socket,
+    bind_unix_socket,
+    default_socket_path,
+    is_loopback,
+    parse_host_port,
+    remove_socket,
+    retry_transient,
+)
 
 
 def test_default_path_follows_xdg_runtime_dir():
@@ -34,7 +45,7 @@ def test_stale_socket_is_replaced_but_a_live_one_refused(tmp_path):
     path = tmp_path / "api.sock"
     live = bind_unix_socket(path)
     live.listen()
-    with pytest.raises(InputError, match="already listening"):
+    with pytest.raises(UnavailableError, match="already listening"):  # transient: the old server may be stopping
         bind_unix_socket(path)
     live.close()  # the file stays behind, as after a crash
     assert path.exists()
@@ -75,3 +86,29 @@ def test_socket_accepts_connections(tmp_path):
         assert conn.recv(4) == b"ping"
         conn.close()
     server.close()
+
+
+def test_a_port_in_use_is_transient_and_retried_until_it_is_free():
+    holder = bind_tcp_socket("127.0.0.1", 0)
+    holder.listen()
+    port = holder.getsockname()[1]
+    with pytest.raises(UnavailableError, match="in use"):
+        retry_transient(lambda: bind_tcp_socket("127.0.0.1", port), retry_s=0.6)
+    threading.Timer(0.7, holder.close).start()  # the previous instance lets go while we retry
+    started = time.monotonic()
+    sock = retry_transient(lambda: bind_tcp_socket("127.0.0.1", port), retry_s=10)
+    sock.close()
+    assert 0.6 < time.monotonic() - started < 5
+
+
+def test_an_address_not_assigned_here_is_transient():
+    with pytest.raises(UnavailableError, match="not assigned"):
+        bind_tcp_socket("192.0.2.1", 0)  # TEST-NET-1: never on this machine
+
+
+def test_own_hosts_name_the_listener_with_its_port():
+    hosts = own_hosts("127.0.0.1", 8080)
+    assert {"127.0.0.1:8080", "localhost:8080", "[::1]:8080"} <= hosts
+    assert "evil.example:8080" not in hosts and "127.0.0.1" not in hosts and "localhost:80" not in hosts
+    assert "localhost" in own_hosts("127.0.0.1", 80)
+    assert "[::1]:9000" in own_hosts("::1", 9000)

@@ -71,7 +71,8 @@ def test_a_calibrated_profile_searches_below_the_budget_by_its_fit_error(tmp_pat
 def test_pareto_sweep_writes_csv_and_png(tmp_path, capsys):
     code, out, err = run(capsys, *SMALL, "--flops", "55G", "--pareto", "flops=50G:64G:4", "--pareto-out", str(tmp_path / "p"), "--out", str(tmp_path / "a.json"))
     assert code == 0, err
-    rows = list(csv.DictReader((tmp_path / "p" / "pareto.csv").open()))
+    with (tmp_path / "p" / "pareto.csv").open() as f:
+        rows = list(csv.DictReader(f))
     assert [int(r["budget"]) for r in rows] == [50_000_000_000, 54_666_666_667, 59_333_333_333, 64_000_000_000]
     assert rows[0]["objective"] == ""  # 50G: nothing fits (the LM head alone is 50.3G)
     values = [float(r["objective"]) for r in rows[1:]]
@@ -122,3 +123,16 @@ def test_bad_input_exits_2_with_one_line(tmp_path, capsys, argv, words):
     for word in words:
         assert word in err
     assert not (tmp_path / "a.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--samples", "2"], "--samples is a flag of `merino-edge search build-table`"),
+        (["--flops", "60G", "build-table"], "--flops: a flag of `merino-edge search` alone"),
+        (["build-table", "--flops", "60G"], "unrecognized arguments: --flops 60G"),
+    ],
+)
+def test_search_and_build_table_do_not_share_flags(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1

@@ -5,7 +5,7 @@ import pytest
 from scipy.special import digamma
 
 from merino_edge.arch import TABLE5
-from merino_edge.errors import InputError
+from merino_edge.errors import IncompatibleError, InputError
 from merino_edge.search.entropy import (
     EntropyTable,
     build_table,
@@ -85,7 +85,7 @@ def test_table_round_trip_and_lookup(tmp_path):
 def test_table_rejects_a_wrong_schema(tmp_path):
     path = tmp_path / "t.json"
     path.write_text('{"schema_version": 99, "entries": []}')
-    with pytest.raises(InputError, match="schema_version"):
+    with pytest.raises(IncompatibleError, match="schema_version"):
         EntropyTable.load(path)
 
 

@@ -10,7 +10,7 @@ from cache_profiles import calibrated, with_cold_timings
 
 from merino_edge.arch import TABLE5, ArchSpec, Axes, Block
 from merino_edge.device_profile import DeviceProfile
-from merino_edge.errors import InputError
+from merino_edge.errors import IncompatibleError, InputError
 from merino_edge.search.latency import LatencyModel, Sample, fit_calibration, step_traffic_bytes
 from merino_edge.search.space import SearchSpace
 
@@ -153,7 +153,7 @@ def write(tmp_path, data) -> Path:
 
 
 def test_wrong_schema_version_is_refused(tmp_path):
-    with pytest.raises(InputError, match="schema_version 99 is not supported"):
+    with pytest.raises(IncompatibleError, match="schema_version 99 is not supported"):
         DeviceProfile.load(write(tmp_path, {**RAW, "schema_version": 99}))
 
 

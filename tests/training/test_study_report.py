@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from merino_edge.errors import InputError
+from merino_edge.errors import IncompatibleError
 from merino_edge.training.study_report import Correlation, Sensitivity, StudyReport
 
 
@@ -19,5 +19,5 @@ def test_report_round_trips_and_tabulates_the_sensitivity_grid():
     assert "| entropy | 0.810 | 0.620 |" in table
     assert "| 0.001 | 0.810 / 0.620 | 0.700 / 0.500 |" in table
     assert "beta = 0 " in table and "| 0.001 | 0.600 / 0.450 | - |" in table
-    with pytest.raises(InputError, match="schema_version"):
+    with pytest.raises(IncompatibleError, match="schema_version"):
         StudyReport.from_json({**report.to_json(), "schema_version": 99})

@@ -8,12 +8,11 @@ import pytest
 from local_text import held_out_texts, write_jsonl
 
 from merino_edge.errors import IncompatibleError, InputError
+from merino_edge.token_shards import MANIFEST, ShardManifest
 from merino_edge.tokenizer import Tokenizer
 from merino_edge.training.data import (
-    MANIFEST,
     BatchSampler,
     Corpus,
-    ShardManifest,
     TokenShards,
     is_validation,
     prepare_shards,

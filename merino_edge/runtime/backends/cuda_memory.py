@@ -1,15 +1,18 @@
 """Device memory, one CUDA stream and copies: the little of CUDA the TensorRT backend needs.
 
-pycuda is the design card's choice (`pip install merino-edge[device]`);
+pycuda is the default (`pip install merino-edge[device]` installs it);
 NVIDIA's cuda-python (`cuda.bindings.runtime`, or the older `cuda.cudart`)
 works the same through this adapter.  Both use the device's primary context,
 the one TensorRT's runtime API uses, so engines and buffers live in one context.
+It is current in the thread that opened it; any other thread (a server's
+workers, or the one that closes it) makes it current with `active()`.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 
@@ -60,7 +63,7 @@ class CudaMemory(ABC):
 
     @abstractmethod
     def close(self) -> None:
-        """Free every allocation (idempotent)."""
+        """Free every allocation, from any thread (idempotent)."""
 
 
 class _PyCuda(CudaMemory):
@@ -73,7 +76,8 @@ class _PyCuda(CudaMemory):
         cuda.init()
         self._device = cuda.Device(device)
         self._context = self._device.retain_primary_context()
-        self._context.push()
+        self._context.push()  # current in the opening thread until close()
+        self._opener = threading.get_ident()
         self._stream = cuda.Stream()
         self._owned: list = []
 
@@ -113,11 +117,15 @@ class _PyCuda(CudaMemory):
     def close(self) -> None:
         if self._owned is None:
             return
-        self._stream.synchronize()
-        for block in self._owned:
-            block.free()
-        self._owned = None
-        self._cuda.Context.pop()
+        with self.active():  # pycuda frees only into a context current on the calling thread
+            self._stream.synchronize()
+            for block in self._owned:
+                block.free()
+            self._owned, self._stream = None, None
+        if threading.get_ident() == self._opener and self._cuda.Context.get_current() == self._context:
+            self._cuda.Context.pop()  # the push of __init__
+        self._context.push()
+        self._context.detach()  # pops it and releases the primary context retained in __init__
 
 
 class _CudaPython(CudaMemory):
@@ -179,12 +187,13 @@ class _CudaPython(CudaMemory):
     def close(self) -> None:
         if self._owned is None:
             return
-        self.synchronize()
-        for ptr in self._owned:
-            self._rt.cudaFree(ptr)
-        for ptr in self._hosts:
-            self._rt.cudaFreeHost(ptr)
-        self._rt.cudaStreamDestroy(self._stream)
+        with self.active():  # the calling thread may have another device current
+            self.synchronize()
+            for ptr in self._owned:
+                self._rt.cudaFree(ptr)
+            for ptr in self._hosts:
+                self._rt.cudaFreeHost(ptr)
+            self._rt.cudaStreamDestroy(self._stream)
         self._owned = None
 
 

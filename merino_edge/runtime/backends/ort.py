@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from merino_edge.bundle import Bundle
 from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
-from merino_edge.export.bundle import Bundle
-from merino_edge.runtime.backend import Backend, log, positions_from_mask
+from merino_edge.runtime.backend import Backend, log, logits_columns, positions_from_mask
 
 _SHORT_PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
@@ -80,10 +80,13 @@ class OrtBackend(Backend):
 
     def _check_graph(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
-        expected = {"input_ids", "position_ids", "attention_mask"} | {f"past.{i}.{kv}" for i in range(len(self.heads)) for kv in ("key", "value")}
+        expected = {"input_ids", "position_ids", "attention_mask", "logits_to_keep"}
+        expected |= {f"past.{i}.{kv}" for i in range(len(self.heads)) for kv in ("key", "value")}
         if set(inputs) != expected:
             missing, extra = sorted(expected - set(inputs)), sorted(set(inputs) - expected)
-            raise IncompatibleError(f"graph inputs do not match the bundle's arch (missing {missing}, unexpected {extra}); export the bundle again")
+            raise IncompatibleError(
+                f"graph inputs are not those of the bundle's arch for this merino-edge (missing {missing}, unexpected {extra}); export the bundle again"
+            )
         self.kv_dtype = _DTYPES[inputs["past.0.key"].type]
 
     def _ensure_buffers(self, rows: int) -> None:
@@ -109,6 +112,8 @@ class OrtBackend(Backend):
         io.bind_cpu_input("input_ids", input_ids)
         io.bind_cpu_input("position_ids", position_ids)
         io.bind_cpu_input("attention_mask", attention_mask)
+        keep, where = logits_columns(last)
+        io.bind_cpu_input("logits_to_keep", keep)
         decoding = s == 1 and past > 0
         if decoding:
             io.bind_output("logits", "cpu", 0, np.float32, [b, 1, self.vocab_size], self._decode_logits.ctypes.data)
@@ -122,13 +127,13 @@ class OrtBackend(Backend):
         self.session.run_with_iobinding(io)
         if decoding:
             return self._decode_logits[:b].copy()
-        logits = io.get_outputs()[0].numpy()
-        return logits[np.arange(b), last]
+        logits = io.get_outputs()[0].numpy()  # [b, keep, V]
+        return logits[np.arange(b), where]
 
     def score(self, input_ids, attention_mask=None) -> np.ndarray:
         ids, mask = self._check_inputs(input_ids, attention_mask)
         b = ids.shape[0]
-        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask)}
+        feeds = {"input_ids": ids, "attention_mask": mask, "position_ids": positions_from_mask(mask), "logits_to_keep": np.arange(ids.shape[1])}
         for i, h in enumerate(self.heads):
             for kv in ("key", "value"):
                 feeds[f"past.{i}.{kv}"] = np.zeros((b, h, 0, self.head_dim), self.kv_dtype)

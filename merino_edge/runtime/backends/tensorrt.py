@@ -6,8 +6,11 @@ per step).  All device memory is allocated once, at the engine's limits; every
 tensor is addressed by name.  Each KV-cache tensor has two buffers of the full
 context length: a step reads `past` from one and writes `present` (past plus
 the new token) into the other, and the next step swaps their roles, so the
-cache is never copied on the host side.  Only the last position's logits come
-back to the host.
+cache is never copied on the host side.  The engine computes logits only at
+the columns asked for (the graph's `logits_to_keep`: each row's last token
+while generating, at most one column per row, so that buffer is [b, b, V]);
+only those rows come back to the host.  The [b, max_prompt, V] buffer that
+scoring needs is allocated the first time `score` runs.
 
 A prompt longer than the engine's max_prompt is fed in two parts: the first
 max_prompt tokens through the context profile, the rest one token at a time.
@@ -18,8 +21,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
-from merino_edge.export.engine_record import (
+from merino_edge.engine_record import (
     CONTEXT,
     ENGINE_NAME,
     GENERATION,
@@ -28,16 +30,28 @@ from merino_edge.export.engine_record import (
     cache_tensor_names,
     check_compatible,
 )
-from merino_edge.runtime.backend import Backend, positions_from_mask
+from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
+from merino_edge.runtime.backend import Backend, logits_columns, positions_from_mask
 from merino_edge.runtime.backends.cuda_memory import CudaMemory, open_cuda
 
 INSTALL_HINT = (
-    "TensorRT is not installed: on a Jetson (JetPack 6) `sudo apt install python3-libnvinfer` "
+    "TensorRT is not installed: on a Jetson (JetPack 6.1 or newer) `sudo apt install python3-libnvinfer` "
     "(a venv needs --system-site-packages) plus `pip install pycuda`; on x86 `pip install tensorrt pycuda`"
 )
 
 
 MIN_TENSORRT_MAJOR = 10  # strongly typed networks and execute_async_v3 by tensor name
+
+
+def version_problem(version: str) -> str | None:
+    """Why merino-edge cannot use TensorRT `version` (e.g. JetPack 6.0's 8.6), or None when it can."""
+    major = version.split(".")[0]
+    if major.isdigit() and int(major) >= MIN_TENSORRT_MAJOR:
+        return None
+    return (
+        f"TensorRT {version} is too old: merino-edge builds strongly typed networks, which need "
+        f"TensorRT {MIN_TENSORRT_MAJOR}.x or newer (JetPack 6.1 or newer; on x86 `pip install tensorrt`)"
+    )
 
 
 def import_tensorrt():
@@ -46,17 +60,14 @@ def import_tensorrt():
         import tensorrt
     except ImportError:
         raise MissingDependencyError(INSTALL_HINT) from None
-    major = int(tensorrt.__version__.split(".")[0])
-    if major < MIN_TENSORRT_MAJOR:
-        raise MissingDependencyError(
-            f"TensorRT {tensorrt.__version__} is too old: merino-edge builds strongly typed networks, which need "
-            f"TensorRT {MIN_TENSORRT_MAJOR}.x or newer (JetPack 6.1+; on x86 `pip install tensorrt`)"
-        )
+    problem = version_problem(tensorrt.__version__)
+    if problem:
+        raise MissingDependencyError(problem)
     return tensorrt
 
 
 def host_info(trt, cuda: CudaMemory) -> HostInfo:
-    """What an engine built or loaded here is tied to: TensorRT version, GPU, L4T/JetPack."""
+    """What an engine built or loaded here is tied to: TensorRT version, GPU, Jetson board model and L4T/JetPack."""
     from merino_edge.jetson.board import detect_board
 
     gpu_name, capability = cuda.gpu()
@@ -67,6 +78,7 @@ def host_info(trt, cuda: CudaMemory) -> HostInfo:
         compute_capability=capability,
         l4t=board.l4t if board else None,
         jetpack=board.jetpack if board else None,
+        board=board.model if board else None,
     )
 
 
@@ -94,7 +106,8 @@ class TensorRTBackend(Backend):
         self._cuda = open_cuda(device)
         try:
             self.record = usable_engine(bundle, trt, self._cuda)
-            self._load(trt, bundle)
+            with self._cuda.active():
+                self._load(trt, bundle)
         except BaseException:
             self._cuda.close()
             raise
@@ -106,24 +119,32 @@ class TensorRTBackend(Backend):
         self._engine = self._runtime.deserialize_cuda_engine(bundle.engine_path(ENGINE_NAME).read_bytes())
         if self._engine is None:
             raise IncompatibleError(f"TensorRT could not load the engine of {bundle.path} (its log above says why); run `merino-edge build {bundle.path}` again")
+        if self._engine.num_optimization_profiles != len(record.profiles):
+            raise IncompatibleError(
+                f"the engine of {bundle.path} has {self._engine.num_optimization_profiles} optimization profiles, its record "
+                f"{len(record.profiles)}; run `merino-edge build {bundle.path}` again"
+            )
         self.max_batch, self.max_prompt, self.max_context = record.max_batch, record.max_prompt, record.max_context
         self.vocab_size = bundle.arch.vocab_size
         self._head_dim = bundle.arch.head_dim
         self._caches = cache_tensor_names(bundle.arch)
 
-        def itemsize(tensor: str) -> int:
-            return np.dtype(trt.nptype(self._engine.get_tensor_dtype(tensor))).itemsize
+        def dtype(tensor: str) -> np.dtype:
+            return np.dtype(trt.nptype(self._engine.get_tensor_dtype(tensor)))
 
         b, s, t, v = self.max_batch, self.max_prompt, self.max_context, self.vocab_size
-        self._logits_dtype = np.dtype(trt.nptype(self._engine.get_tensor_dtype("logits")))
-        self._ptr = {
-            "input_ids": cuda.alloc(b * s * 8),
-            "position_ids": cuda.alloc(b * s * 8),
-            "attention_mask": cuda.alloc(b * t * 8),
-            "logits": cuda.alloc(b * s * v * self._logits_dtype.itemsize),
-        }
-        self._kv = [tuple(cuda.alloc(b * heads * t * self._head_dim * itemsize(past)) for _ in range(2)) for past, _, heads in self._caches]
-        self._stage = {name: cuda.pinned((b * t,), np.int64) for name in ("input_ids", "position_ids", "attention_mask")}
+        self._ptr, self._stage = {}, {}
+        for tensor, count in (("input_ids", b * s), ("position_ids", b * s), ("attention_mask", b * t), ("logits_to_keep", s)):
+            kind = dtype(tensor)  # int64 from merino-edge's export; another exporter may say int32
+            if kind.kind != "i":
+                raise IncompatibleError(f"the engine of {bundle.path} takes {tensor} as {kind}, not integers; export the bundle with `merino-edge export`")
+            self._ptr[tensor] = cuda.alloc(count * kind.itemsize)
+            self._stage[tensor] = cuda.pinned((count,), kind)
+        self._logits_dtype = dtype("logits")
+        self._row_bytes = v * self._logits_dtype.itemsize
+        self._logits = cuda.alloc(b * b * self._row_bytes)  # generation: at most one kept column per row
+        self._score_logits: int | None = None  # [b, max_prompt, V], allocated by the first score()
+        self._kv = [tuple(cuda.alloc(b * heads * t * self._head_dim * dtype(past).itemsize) for _ in range(2)) for past, _, heads in self._caches]
         self._last_logits = cuda.pinned((b, v), self._logits_dtype)
 
         self._contexts = {}
@@ -138,17 +159,22 @@ class TensorRTBackend(Backend):
 
     # -------------------------------------------------------------- running
 
-    def _run(self, profile: str, input_ids, position_ids, attention_mask, *, keep_cache: bool = True) -> None:
-        """Enqueue one engine call on input_ids [b, seq] after the cached past; present goes to the other buffer."""
+    def _run(self, profile: str, input_ids, position_ids, attention_mask, keep, logits: int, *, keep_cache: bool = True) -> None:
+        """Enqueue one engine call on input_ids [b, seq] after the cached past, logits [b, len(keep), V] to `logits`.
+
+        present goes to the other KV buffer of each pair.
+        """
         b, seq = input_ids.shape
         past = attention_mask.shape[1] - seq
         ctx = self._contexts[profile]
         self._cuda.synchronize()  # the previous call's uploads are done before the staging buffers are rewritten
-        for tensor, values in (("input_ids", input_ids), ("position_ids", position_ids), ("attention_mask", attention_mask)):
+        inputs = (("input_ids", input_ids), ("position_ids", position_ids), ("attention_mask", attention_mask), ("logits_to_keep", keep))
+        for tensor, values in inputs:
             stage = self._stage[tensor][: values.size]
             stage[:] = values.ravel()
             self._cuda.to_device(self._ptr[tensor], stage)
             self._shape(ctx, profile, tensor, values.shape)
+        ctx.set_tensor_address("logits", logits)
         for (past_name, present_name, heads), pair in zip(self._caches, self._kv, strict=True):
             self._shape(ctx, profile, past_name, (b, heads, past, self._head_dim))
             ctx.set_tensor_address(past_name, pair[self._current])
@@ -163,12 +189,18 @@ class TensorRTBackend(Backend):
         if not ctx.set_input_shape(tensor, shape):
             raise InputError(f"{tensor} shape {tuple(shape)} is outside the engine's {profile} profile (see `merino-edge build --help` for its limits)")
 
-    def _copy_last(self, last: np.ndarray, offset: int, seq: int) -> None:
-        """Enqueue the copy of logits[r, last[r] - offset] for the rows whose last token is in this call."""
-        row_bytes = self.vocab_size * self._logits_dtype.itemsize
-        for r, col in enumerate(last - offset):
-            if 0 <= col < seq:
-                self._cuda.to_host(self._last_logits[r], self._ptr["logits"] + (r * seq + int(col)) * row_bytes)
+    def _run_to_last(self, profile: str, input_ids, position_ids, attention_mask, last: np.ndarray, offset: int) -> None:
+        """`_run` on columns offset.. of the batch, keeping the logits of the rows whose last token is among them.
+
+        Those rows' logits are copied (enqueued) into `_last_logits`; a call
+        where no row ends keeps one column, unused.
+        """
+        seq = input_ids.shape[1]
+        rows = np.flatnonzero((last >= offset) & (last < offset + seq))
+        keep, where = logits_columns(last[rows] - offset) if rows.size else (np.zeros(1, np.int64), ())
+        self._run(profile, input_ids, position_ids, attention_mask, keep, self._logits)
+        for r, k in zip(rows, where, strict=True):
+            self._cuda.to_host(self._last_logits[r], self._logits + (int(r) * len(keep) + int(k)) * self._row_bytes)
 
     def _forward(self, input_ids, position_ids, attention_mask, last):
         b, s = input_ids.shape
@@ -177,11 +209,9 @@ class TensorRTBackend(Backend):
             start = 0
             if past == 0:  # the prompt: as much as the context profile takes
                 start = min(s, self.max_prompt)
-                self._run(CONTEXT, input_ids[:, :start], position_ids[:, :start], attention_mask[:, :start])
-                self._copy_last(last, 0, start)
+                self._run_to_last(CONTEXT, input_ids[:, :start], position_ids[:, :start], attention_mask[:, :start], last, 0)
             for t in range(start, s):  # then one token per call
-                self._run(GENERATION, input_ids[:, t : t + 1], position_ids[:, t : t + 1], attention_mask[:, : past + t + 1])
-                self._copy_last(last, t, 1)
+                self._run_to_last(GENERATION, input_ids[:, t : t + 1], position_ids[:, t : t + 1], attention_mask[:, : past + t + 1], last, t)
             self._cuda.synchronize()
         return np.array(self._last_logits[:b], dtype=np.float32)
 
@@ -195,13 +225,15 @@ class TensorRTBackend(Backend):
             raise InputError(f"score: {s} tokens exceed the engine's max prompt of {self.max_prompt} (export the bundle with a larger --max-prompt and build again)")
         out = np.empty((b, s, self.vocab_size), dtype=self._logits_dtype)
         with self._cuda.active():
-            self._run(CONTEXT, ids, positions_from_mask(mask), mask, keep_cache=False)
-            self._cuda.to_host(out, self._ptr["logits"])
+            if self._score_logits is None:
+                self._score_logits = self._cuda.alloc(self.max_batch * self.max_prompt * self._row_bytes)
+            self._run(CONTEXT, ids, positions_from_mask(mask), mask, np.arange(s, dtype=np.int64), self._score_logits, keep_cache=False)
+            self._cuda.to_host(out, self._score_logits)
             self._cuda.synchronize()
         return out.astype(np.float32, copy=False)
 
     def close(self) -> None:
-        """Free the GPU memory now (the backend is unusable afterwards)."""
-        self._contexts = {}
-        self._engine = None
+        """Free the GPU memory now, from any thread (the backend is unusable afterwards)."""
+        with self._cuda.active():  # TensorRT and pinned memory free into this device's context
+            self._contexts, self._stage, self._last_logits, self._engine = {}, {}, None, None
         self._cuda.close()

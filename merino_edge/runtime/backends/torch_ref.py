@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from merino_edge.bundle import DEFAULT_MAX_BATCH, Bundle
 from merino_edge.errors import InputError, MissingDependencyError
-from merino_edge.export.bundle import DEFAULT_MAX_BATCH, Bundle
 from merino_edge.runtime.backend import Backend, positions_from_mask
 
 
@@ -69,9 +69,10 @@ class TorchBackend(Backend):
                 position_ids=torch.from_numpy(position_ids),
                 cache=self._cache,
                 use_cache=True,
+                logits_to_keep=input_ids.shape[1] - int(last.min()),  # the head runs from the first column asked for
             )
         logits = out.logits.numpy()
-        return logits[np.arange(len(last)), last]
+        return logits[np.arange(len(last)), last - last.min()]
 
     def score(self, input_ids, attention_mask=None) -> np.ndarray:
         torch = self._torch

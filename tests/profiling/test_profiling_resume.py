@@ -11,7 +11,8 @@ from merino_edge.arch import ArchSpec, Block
 from merino_edge.cli import main
 from merino_edge.device_profile import DeviceProfile
 from merino_edge.errors import InputError
-from merino_edge.jetson.profile import QUICK, STATE_FILE, Grid, OrtRunners, profile_device
+from merino_edge.profiling.run import QUICK, STATE_FILE, Grid, profile_device
+from merino_edge.profiling.runner import OrtRunner
 from merino_edge.search.latency import LatencyModel
 
 HAS_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -21,25 +22,25 @@ def fresh(tiny, tmp_path, name):
     return shutil.copytree(tiny.graphs, tmp_path / name)
 
 
-class Interrupted(OrtRunners):
+class Interrupted(OrtRunner):
     """ONNX Runtime runners that raise KeyboardInterrupt (a Ctrl-C) when part `stop_at` starts."""
 
     def __init__(self, workdir, threads, stop_at):
         super().__init__(workdir, threads)
         self.stop_at, self.seen = stop_at, []
 
-    def __call__(self, part, seq_len, past_len):
-        if part["name"] not in self.seen:
-            self.seen.append(part["name"])
+    def bind(self, part, seq_len, past_len):
+        if part.name not in self.seen:
+            self.seen.append(part.name)
         if len(self.seen) > self.stop_at:
             raise KeyboardInterrupt
-        return super().__call__(part, seq_len, past_len)
+        return super().bind(part, seq_len, past_len)
 
 
 def test_interrupted_profile_resumes_to_the_grid_of_an_uninterrupted_one(tiny, tmp_path):
     first = fresh(tiny, tmp_path, "interrupted")
     with pytest.raises(KeyboardInterrupt):
-        profile_device(first, tmp_path / "a.json", threads=1, grid=tiny.grid, runners=Interrupted(first, 1, stop_at=4), progress=False)
+        profile_device(first, tmp_path / "a.json", threads=1, grid=tiny.grid, runner=Interrupted(first, 1, stop_at=4), progress=False)
     assert not (tmp_path / "a.json").exists()
     saved = json.loads((first / STATE_FILE).read_text())["parts"]
     assert list(saved) == ["overhead", "embedding", "layer_E64_R1", "layer_E64_R2"]
@@ -64,7 +65,7 @@ def test_interrupted_profile_resumes_to_the_grid_of_an_uninterrupted_one(tiny, t
 def test_resuming_with_other_settings_is_refused(tiny, tmp_path):
     workdir = fresh(tiny, tmp_path, "w")
     with pytest.raises(KeyboardInterrupt):
-        profile_device(workdir, tmp_path / "p.json", threads=1, grid=tiny.grid, runners=Interrupted(workdir, 1, stop_at=1), progress=False)
+        profile_device(workdir, tmp_path / "p.json", threads=1, grid=tiny.grid, runner=Interrupted(workdir, 1, stop_at=1), progress=False)
     with pytest.raises(InputError, match="partial profile made with other settings"):
         profile_device(workdir, tmp_path / "p.json", threads=2, grid=tiny.grid, progress=False)
 
@@ -112,7 +113,6 @@ def test_cpu_clock_needs_one_thread(tiny, tmp_path):
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
-        (["profile", "validate"], "name the profile.json to validate"),
         pytest.param(["profile", "--backend", "tensorrt"], "TensorRT is not installed", marks=pytest.mark.skipif(HAS_TENSORRT, reason="TensorRT is installed")),
         (["profile", "--backend", "tensorrt", "--precision", "fp32"], "builds FP16 engines"),
         (["profile", "validate", "missing.json"], "device profile not found: missing.json"),
@@ -125,8 +125,18 @@ def test_cli_profile_errors_are_one_line(argv, message, capsys):
     assert message in err and err.count("\n") == 1
 
 
-def test_cli_profile_without_validate_takes_no_file(capsys):
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["profile", "p.json"], "invalid choice: 'p.json'"),
+        (["profile", "validate"], "required: PROFILE"),
+        (["profile", "--archs", "5"], "--archs is a flag of `merino-edge profile validate`"),
+        (["profile", "--quick", "validate", "p.json"], "--quick: a flag of `merino-edge profile` alone"),
+        (["profile", "validate", "p.json", "--quick"], "unrecognized arguments: --quick"),
+    ],
+)
+def test_cli_profile_refuses_flags_of_the_other_command_in_one_line(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
-        main(["profile", "p.json"])
-    assert exit_.value.code == 2
-    assert "invalid choice: 'p.json'" in capsys.readouterr().err
+        main(argv)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and message in err and err.count("\n") == 1

@@ -11,8 +11,8 @@ from merino_edge.arch import Axes
 def tiny(tmp_path_factory):
     """axes, model dims, a fast grid, and a folder of exported micro-graphs (copy it before profiling into it)."""
     from merino_edge.device_profile import Measurement
-    from merino_edge.export.micro import export_micro_graphs
-    from merino_edge.jetson.profile import Grid
+    from merino_edge.profiling.export import export_micro_graphs
+    from merino_edge.profiling.run import Grid
 
     axes = Axes(widths=(64, 128), ratios=(1.0, 2.0), depths=(1, 2))
     model = {"vocab_size": 256, "proj_dim": 128, "max_positions": 128}

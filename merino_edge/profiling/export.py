@@ -6,9 +6,11 @@ which the whole model computes once), one `MeRinoLayer` per (E, R) of the
 search space with a past K/V of dynamic length, every projection, the final
 LayerNorm per width and the tied LM head.  They are the model's own modules,
 exported the way whole models are, into a work directory with `graphs.json`
-(the index `merino_edge.jetson.profile` reads, torch-free, on the board).
+(the index `merino_edge.profiling.run` reads, torch-free, on the board).
+Whole models for calibration and `profile validate` are exported here too.
 
-`TorchRunners` times the same parts as torch modules (the torch backend).
+`TorchRunner` times the same parts as torch modules (the torch backend).
+The one module of `profiling` that imports torch.
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ from merino_edge.arch import TABLE5, ArchSpec, Axes, Block, load_arch, save_arch
 from merino_edge.device_profile import BackendInfo
 from merino_edge.errors import InputError
 from merino_edge.export.onnx import MIN_OPSET, _ExplicitCache, export_module, export_onnx
-from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE, GRAPHS_FILE, dims, example_input, graphs_index, read_graphs
 from merino_edge.fileio import write_json_atomic
-from merino_edge.jetson.profile import CALIBRATION_DIR, calibration_archs
 from merino_edge.model.modeling import MeRinoLayer, MeRinoLayerNorm, attention_bias
+from merino_edge.profiling.parts import ARCH_FILE, GRAPH_FILE, GRAPHS_FILE, Part, dims, example_input, graphs_index, read_graphs
+from merino_edge.profiling.runner import Runner
+from merino_edge.profiling.timing import Run
+from merino_edge.profiling.whole_models import CALIBRATION_DIR, WholeModel, calibration_archs, model_dir
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -93,29 +97,29 @@ class Overhead(nn.Module):
 # ------------------------------------------------------------------ parts
 
 
-def build_module(part: dict, model: dict) -> nn.Module:
+def build_module(part: Part, model: dict) -> nn.Module:
     """The torch module of one part (random weights: latency does not depend on them)."""
-    kind = part["kind"]
+    kind = part.kind
     if kind == "overhead":
         return Overhead()
     if kind == "embedding":
         return Embedding(model["vocab_size"], model["proj_dim"], model["max_positions"])
     if kind == "layer":
-        return LayerStep(part["width"], part["ratio"], model["head_dim"])
+        return LayerStep(part.width, part.ratio, model["head_dim"])
     if kind == "projection":
-        return nn.Linear(part["in"], part["out"], bias=False)
+        return nn.Linear(part.in_dim, part.out_dim, bias=False)
     if kind == "final_norm":
-        return MeRinoLayerNorm(part["width"], eps=EPS)
+        return MeRinoLayerNorm(part.width, eps=EPS)
     if kind == "head":
         return Head(model["proj_dim"], model["vocab_size"])
     raise InputError(f"unknown part kind {kind!r}")
 
 
-def _example_inputs(part: dict, model: dict, seq_len: int, past_len: int, dtype: torch.dtype, device="cpu") -> tuple:
+def _example_inputs(part: Part, model: dict, seq_len: int, past_len: int, dtype: torch.dtype, device="cpu") -> tuple:
     """Tensors for a part's inputs; float inputs in `dtype` except the float32 attention bias."""
     rng = np.random.default_rng(0)
     out = []
-    for name, template in part["inputs"].items():
+    for name, template in part.inputs.items():
         value = example_input(name, dims(template, seq_len, past_len), np.float32, model["vocab_size"], past_len, rng)
         tensor = torch.from_numpy(value).to(device)
         if tensor.is_floating_point():
@@ -127,7 +131,7 @@ def _example_inputs(part: dict, model: dict, seq_len: int, past_len: int, dtype:
 _DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
 
-def export_part(part: dict, model: dict, path: Path, precision: str = "fp32") -> Path:
+def export_part(part: Part, model: dict, path: Path, precision: str = "fp32") -> Path:
     """Export one part to ONNX, with the dynamic axes of its shape templates, as whole models are exported.
 
     FP16 casts the module and its float inputs but keeps the attention bias
@@ -137,8 +141,8 @@ def export_part(part: dict, model: dict, path: Path, precision: str = "fp32") ->
     module = build_module(part, model).eval().to(dtype)
     args = _example_inputs(part, model, seq_len=3, past_len=2, dtype=dtype)
     symbols = {"s": "seq", "c": "past", "t": "total"}
-    dynamic = {name: {i: symbols[d] for i, d in enumerate(t) if isinstance(d, str)} for name, t in {**part["inputs"], **part["outputs"]}.items()}
-    return export_module(module, args, list(part["inputs"]), list(part["outputs"]), dynamic, path, opset=OPSET)
+    dynamic = {name: {i: symbols[d] for i, d in enumerate(t) if isinstance(d, str)} for name, t in {**part.inputs, **part.outputs}.items()}
+    return export_module(module, args, list(part.inputs), list(part.outputs), dynamic, path, opset=OPSET)
 
 
 def export_micro_graphs(workdir: str | Path, *, precision: str = "fp32", axes: Axes = TABLE5, progress: bool = True, **model) -> Path:
@@ -155,8 +159,8 @@ def export_micro_graphs(workdir: str | Path, *, precision: str = "fp32", axes: A
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     exporter = {"torch": torch.__version__.split("+")[0], "opset": str(OPSET)}
-    index = graphs_index(precision, axes, exporter=exporter, **model)
-    model = index["model"]
+    graphs = graphs_index(precision, axes, exporter=exporter, **model)
+    index, model = graphs.to_json(), graphs.model
     index_path = workdir / GRAPHS_FILE
     if index_path.exists():
         old = json.loads(index_path.read_text())
@@ -165,21 +169,20 @@ def export_micro_graphs(workdir: str | Path, *, precision: str = "fp32", axes: A
         if old.get("parts") == index["parts"]:
             return index_path
     with torch.no_grad():
-        for part in tqdm(index["parts"], desc="export micro-graphs", disable=not progress):
-            path = workdir / part["file"]
-            done = workdir / f".{part['name']}.done"
+        for part in tqdm(graphs.parts, desc="export micro-graphs", disable=not progress):
+            done = workdir / f".{part.name}.done"
             if not done.exists():
-                export_part(part, model, path, precision)
+                export_part(part, model, workdir / part.file, precision)
                 done.touch()
     write_json_atomic(index_path, index)
     return index_path
 
 
-def export_validation_models(archs: list[ArchSpec], models_dir: str | Path, *, precision: str = "fp32", progress: bool = True) -> list[Path]:
+def export_validation_models(archs: list[ArchSpec], models_dir: str | Path, *, precision: str = "fp32", progress: bool = True) -> list[WholeModel]:
     """Export each arch (random weights) as a whole model graph into `models_dir/arch_NN/` for `profile validate`.
 
     Folders already holding the same arch are kept, so an interrupted run continues.
-    Returns the folders, in the order of `archs`.
+    Returns the models, in the order of `archs`.
     """
     from tqdm import tqdm
 
@@ -196,10 +199,10 @@ def export_validation_models(archs: list[ArchSpec], models_dir: str | Path, *, p
         model = MeRinoForCausalLM(MeRinoConfig.from_arch(arch)).eval()
         export_onnx(model, folder / GRAPH_FILE, fp16=precision == "fp16")
         save_arch(folder / ARCH_FILE, arch)  # last: marks the folder complete
-    return folders
+    return [model_dir(folder) for folder in folders]
 
 
-def export_calibration_models(workdir: str | Path, n: int, *, precision: str = "fp32", progress: bool = True) -> list[Path]:
+def export_calibration_models(workdir: str | Path, n: int, *, precision: str = "fp32", progress: bool = True) -> list[WholeModel]:
     """The `n` whole models a profile of the micro-graphs in `workdir` calibrates on, exported into its calibration folder."""
     archs = calibration_archs(read_graphs(workdir), n)
     return export_validation_models(archs, Path(workdir) / CALIBRATION_DIR, precision=precision, progress=progress)
@@ -208,10 +211,10 @@ def export_calibration_models(workdir: str | Path, n: int, *, precision: str = "
 # ------------------------------------------------------------ torch backend
 
 
-class TorchRunners:
-    """Runner factory for `jetson.profile.profile_device` that times the torch modules themselves.
+class TorchRunner(Runner):
+    """Times the torch modules of the parts themselves (the graphs index is built, not read from a work dir).
 
-    `model` is the "model" entry of a graphs index (vocab_size, proj_dim, head_dim, max_positions).
+    `model` overrides the model dims of the index (vocab_size, proj_dim, head_dim, max_positions).
     """
 
     def __init__(self, precision: str = "fp32", device: str | None = None, threads: int | None = None, axes: Axes = TABLE5, **model):
@@ -223,7 +226,7 @@ class TorchRunners:
         if threads:
             torch.set_num_threads(threads)
         self.graphs = graphs_index(precision, axes, **model)
-        self.model, self.dtype, self.device = self.graphs["model"], _DTYPES[precision], torch.device(device)
+        self.model, self.dtype, self.device = self.graphs.model, _DTYPES[precision], torch.device(device)
         self.gpu = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else None
         self._modules: dict[str, nn.Module] = {}
         self.backend_info = BackendInfo(
@@ -233,7 +236,7 @@ class TorchRunners:
             versions={"torch": torch.__version__.split("+")[0], "python": platform.python_version()},
         )
 
-    def flush(self, nbytes: int):
+    def flush(self, nbytes: int) -> Run:
         """A callable that evicts the device's caches by writing `nbytes` (for cold decode timings)."""
         buffer = torch.zeros(max(nbytes, 4) // 4, device=self.device)
 
@@ -247,11 +250,11 @@ class TorchRunners:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def __call__(self, part: dict, seq_len: int, past_len: int):
-        if part["name"] not in self._modules:
+    def bind(self, part: Part, seq_len: int, past_len: int) -> Run:
+        if part.name not in self._modules:
             self._modules.clear()
-            self._modules[part["name"]] = build_module(part, self.model).eval().to(self.device, self.dtype)
-        module = self._modules[part["name"]]
+            self._modules[part.name] = build_module(part, self.model).eval().to(self.device, self.dtype)
+        module = self._modules[part.name]
         args = _example_inputs(part, self.model, seq_len, past_len, self.dtype, self.device)
 
         def run() -> None:

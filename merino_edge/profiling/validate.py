@@ -1,12 +1,13 @@
 """`merino-edge profile validate`: does the latency model predict whole models?
 
 Random architectures from the search space are exported as real model graphs
-and timed exactly as the profile timed its parts (`jetson.models`).  The
+and timed exactly as the profile timed its parts (`profiling.whole_models`).  The
 architectures the profile calibrated on are left out, so every point is held
 out from the fit.  The report gives the mean
 absolute percentage error, the share of predictions within +-10 % and the
 Spearman rank correlation of predicted vs measured decode latency (and prefill
-at one prompt length), with a scatter plot.
+at one prompt length), with a scatter plot.  `run_validation` is the whole
+command: export the models where torch is, or time those exported elsewhere.
 """
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from merino_edge.arch import load_arch
 from merino_edge.device_profile import DeviceProfile
 from merino_edge.errors import InputError
 from merino_edge.fileio import write_json_atomic
-from merino_edge.jetson.models import ROUNDS, time_models
+from merino_edge.profiling.whole_models import ROUNDS, WholeModel, model_dirs, random_archs, time_models
 from merino_edge.rank_correlation import spearman
 from merino_edge.search.latency import LatencyModel
 
@@ -85,7 +87,7 @@ class ValidationReport:
 
 def validate_profile(
     profile_path: str | Path,
-    folders: list[Path],
+    models: list[WholeModel],
     out_dir: str | Path,
     *,
     decode_contexts: tuple[int, ...] = DECODE_CONTEXTS,
@@ -94,9 +96,9 @@ def validate_profile(
     rounds: int = ROUNDS,
     progress: bool = True,
 ) -> ValidationReport:
-    """Time the model in each folder (arch.json + model.onnx) like the profile timed its parts.
+    """Time `models` like the profile timed its parts.
 
-    Models are timed in `rounds` rounds over all of them (`jetson.models.time_models`),
+    Models are timed in `rounds` rounds over all of them (`profiling.whole_models.time_models`),
     as the profile's calibration was.  With `skip_calibrated`, architectures the
     profile was calibrated on are left out.  Writes validation.json and
     validation.png into `out_dir`.
@@ -112,7 +114,7 @@ def validate_profile(
     threads = profile.device.threads
     calibrated = set(profile.calibration.archs) if profile.calibration and skip_calibrated else set()
     points: list[Point] = []
-    for arch, timings in time_models(folders, threads, profile.measurement, decode_contexts, prefill_lengths, rounds=rounds, progress=progress, desc="validate"):
+    for arch, timings in time_models(models, threads, profile.measurement, decode_contexts, prefill_lengths, rounds=rounds, progress=progress, desc="validate"):
         if arch.short() in calibrated:
             continue  # fitted on: not a test of the model
         for phase, tokens, median, spread in timings:
@@ -169,3 +171,34 @@ def plot_validation(report: ValidationReport, path: Path) -> Path:
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """What `merino-edge profile validate` does (the command's flags and their defaults come from here)."""
+
+    profile: Path  # the profile.json to validate
+    out: Path = Path("validation")  # validation.json and validation.png go here
+    workdir: Path | None = None  # the exported models; default: OUT/models (where torch is not, they must be there)
+    archs: int = 30  # random architectures to time
+    seed: int = 0  # of the random architectures
+    arch: tuple[Path, ...] = ()  # time these arch.json instead of random ones
+    contexts: tuple[int, ...] = DECODE_CONTEXTS  # decode contexts to time
+    progress: bool = True
+
+
+def run_validation(cfg: ValidateConfig) -> ValidationReport:
+    """`merino-edge profile validate`: export the models to time (where torch is), then time and report them."""
+    profile = DeviceProfile.load(cfg.profile)
+    models_dir = Path(cfg.workdir or Path(cfg.out) / "models")
+    try:
+        from merino_edge.profiling.export import export_validation_models
+    except ImportError:  # on the board: time the models exported elsewhere
+        models = model_dirs(models_dir)
+    else:
+        dims = {k: getattr(profile, k) for k in ("vocab_size", "proj_dim", "head_dim", "max_positions")}
+        calibrated = profile.calibration.archs if profile.calibration else ()
+        archs = [load_arch(a) for a in cfg.arch] or random_archs(cfg.archs, profile.axes, seed=cfg.seed, exclude=calibrated, **dims)
+        models = export_validation_models(archs, models_dir, precision=profile.backend.precision, progress=cfg.progress)
+    # Random archs are held out from the calibration; archs the user names are timed whatever they are.
+    return validate_profile(cfg.profile, models, cfg.out, decode_contexts=tuple(cfg.contexts), skip_calibrated=not cfg.arch, progress=cfg.progress)

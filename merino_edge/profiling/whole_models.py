@@ -1,16 +1,18 @@
 """Whole models timed exactly as the profiler times its parts.
 
 Random architectures from the search space, exported as real model graphs
-(`export.micro.export_validation_models`, where torch is installed) into
+(`profiling.export.export_validation_models`, where torch is installed) into
 folders of arch.json + model.onnx, then timed torch-free on ONNX Runtime: the
 same threads, session options, IOBinding and repetition rule as the parts.
-The profiler calibrates its latency model on a few of them (`jetson.profile`);
-`profile validate` checks the model on others (`jetson.validate`).
+Any other graph of an architecture (e.g. a bundle's) is timed the same way.
+The profiler calibrates its latency model on a few of them (`profiling.run`);
+`profile validate` checks the model on others (`profiling.validate`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +20,19 @@ import numpy as np
 from merino_edge.arch import TABLE5, ArchSpec, Axes, Block, load_arch
 from merino_edge.device_profile import Measurement
 from merino_edge.errors import InputError
-from merino_edge.export.parts import ARCH_FILE, GRAPH_FILE
-from merino_edge.jetson.timing import measure, ort_runner, ort_session
+from merino_edge.profiling.parts import ARCH_FILE, GRAPH_FILE, MicroGraphs
+from merino_edge.profiling.timing import measure, ort_runner, ort_session
+
+CALIBRATION_DIR = "calibration"  # whole models a profile calibrates on, exported beside its micro-graphs
+CALIBRATION_SEED = 1  # profile validate draws with seed 0 by default, and leaves these out anyway
+
+
+@dataclass(frozen=True)
+class WholeModel:
+    """A model graph to time and the architecture it was exported from."""
+
+    arch: ArchSpec
+    graph: Path
 
 
 def random_archs(n: int, axes: Axes = TABLE5, blocks: int = 4, seed: int = 0, exclude=(), **model) -> list[ArchSpec]:
@@ -42,10 +55,17 @@ def random_archs(n: int, axes: Axes = TABLE5, blocks: int = 4, seed: int = 0, ex
     return out
 
 
+def calibration_archs(graphs: MicroGraphs, n: int) -> list[ArchSpec]:
+    """The `n` random whole models a profile of the parts in `graphs` calibrates on (the parts' space and model dims)."""
+    model = {k: graphs.model[k] for k in ("vocab_size", "proj_dim", "head_dim", "max_positions")}
+    return random_archs(n, graphs.axes, seed=CALIBRATION_SEED, **model)
+
+
 def graph_shapes(arch: ArchSpec) -> tuple[dict, dict]:
     """Shape templates (as in graphs.json) of the whole model graph's inputs and outputs."""
-    inputs = {"input_ids": [1, "s"], "position_ids": [1, "s"], "attention_mask": [1, "t"]}
-    outputs = {"logits": [1, "s", arch.vocab_size]}
+    # One kept logits column, as generation asks for (example_input gives it column 0).
+    inputs = {"input_ids": [1, "s"], "position_ids": [1, "s"], "attention_mask": [1, "t"], "logits_to_keep": [1]}
+    outputs = {"logits": [1, 1, arch.vocab_size]}
     for i, heads in enumerate(arch.layer_heads()):
         for kv in ("key", "value"):
             inputs[f"past.{i}.{kv}"] = [1, heads, "c", arch.head_dim]
@@ -53,19 +73,25 @@ def graph_shapes(arch: ArchSpec) -> tuple[dict, dict]:
     return inputs, outputs
 
 
-def model_dirs(models_dir: str | Path) -> list[Path]:
+def model_dir(folder: Path) -> WholeModel:
+    """The model exported into `folder` (arch.json and model.onnx)."""
+    return WholeModel(load_arch(folder / ARCH_FILE), folder / GRAPH_FILE)
+
+
+def model_dirs(models_dir: str | Path) -> list[WholeModel]:
     """The exported architectures under `models_dir` (each a folder with arch.json and model.onnx)."""
     dirs = sorted(d for d in Path(models_dir).glob("*") if (d / ARCH_FILE).exists() and (d / GRAPH_FILE).exists())
     if not dirs:
         raise InputError(f"no exported architectures under {models_dir} (folders with {ARCH_FILE} and {GRAPH_FILE})")
-    return dirs
+    return [model_dir(d) for d in dirs]
 
 
 def _time_model(
-    folder: Path, arch: ArchSpec, threads: int | None, how: Measurement, decode_contexts: tuple[int, ...], prefill_lengths: tuple[int, ...]
+    model: WholeModel, threads: int | None, how: Measurement, decode_contexts: tuple[int, ...], prefill_lengths: tuple[int, ...]
 ) -> list[tuple[str, int, float, float]]:
-    """(phase, tokens, median ms, IQR ms) of the model in `folder` at every decode context and prompt length."""
-    session = ort_session(folder / GRAPH_FILE, threads)
+    """(phase, tokens, median ms, IQR ms) of `model` at every decode context and prompt length."""
+    arch = model.arch
+    session = ort_session(model.graph, threads)
     inputs, outputs = graph_shapes(arch)
     grid = [("decode", 1, c) for c in decode_contexts] + [("prefill", s, 0) for s in prefill_lengths]
     out = []
@@ -80,7 +106,7 @@ ROUNDS = 3  # whole models are timed in rounds over all of them; a point keeps t
 
 
 def time_models(
-    folders: list[Path],
+    models: list[WholeModel],
     threads: int | None,
     how: Measurement,
     decode_contexts: tuple[int, ...],
@@ -92,7 +118,7 @@ def time_models(
     progress: bool = True,
     desc: str = "time models",
 ) -> list[tuple[ArchSpec, list[tuple[str, int, float, float]]]]:
-    """(arch, [(phase, tokens, median ms, IQR ms), ...]) of every folder, timed round-robin `rounds` times.
+    """(arch, [(phase, tokens, median ms, IQR ms), ...]) of every model, timed round-robin `rounds` times.
 
     A point keeps the median of its rounds' medians (and of their IQRs): on a
     shared machine a disturbance of a few seconds then touches one round of a
@@ -103,15 +129,14 @@ def time_models(
     from tqdm import tqdm
 
     record = {} if record is None else record
-    archs = [load_arch(folder / ARCH_FILE) for folder in folders]
-    todo = [(r, folder, arch) for r in range(rounds) for folder, arch in zip(folders, archs, strict=True) if len(record.get(arch.short(), [])) <= r]
-    for _, folder, arch in tqdm(todo, desc=desc, disable=not progress):
-        timings = _time_model(folder, arch, threads, how, decode_contexts, prefill_lengths)
-        record.setdefault(arch.short(), []).append([list(t) for t in timings])
+    todo = [(r, model) for r in range(rounds) for model in models if len(record.get(model.arch.short(), [])) <= r]
+    for _, model in tqdm(todo, desc=desc, disable=not progress):
+        timings = _time_model(model, threads, how, decode_contexts, prefill_lengths)
+        record.setdefault(model.arch.short(), []).append([list(t) for t in timings])
         if on_update is not None:
             on_update()
     out = []
-    for arch in archs:
+    for arch in (model.arch for model in models):
         runs = record[arch.short()][:rounds]
         points = [(phase, int(tokens)) for phase, tokens, _, _ in runs[0]]
         medians = np.median([[t[2] for t in run] for run in runs], axis=0)

@@ -5,7 +5,7 @@ the bundle manifest, the runtime reads it back and calls `check_compatible`
 before it deserializes anything.  The optimization-profile shapes are derived
 here too, from the bundle limits, so they can be tested without a GPU.
 
-One engine holds two optimization profiles over the graph of DESIGN.md:
+One engine holds two optimization profiles over the graph of `export/onnx.py`:
 
 - ``context``: the prompt, sequence 1..max_prompt with an empty cache (past 0);
 - ``generation``: one new token per step, past 1..max_context-1, so that past
@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 from merino_edge.arch import ArchSpec
 from merino_edge.errors import IncompatibleError, InputError
+from merino_edge.fileio import check_schema
 
 SCHEMA_VERSION = 1
 
@@ -107,6 +108,7 @@ def profile_shapes(arch: ArchSpec, *, max_batch: int, max_prompt: int, max_conte
             TensorRange("input_ids", *shapes(batch, seq)),
             TensorRange("position_ids", *shapes(batch, seq)),
             TensorRange("attention_mask", *shapes(batch, total)),
+            TensorRange("logits_to_keep", *shapes((1, 1, seq[2]))),  # generation keeps one column, scoring every one
         ]
         for past_name, _, heads in cache_tensor_names(arch):
             inputs.append(TensorRange(past_name, *shapes(batch, heads, past, arch.head_dim)))
@@ -130,17 +132,43 @@ def manifest_profiles(manifest, max_batch: int | None = None) -> tuple[Profile, 
 
 @dataclass(frozen=True)
 class HostInfo:
-    """What an engine is tied to: the TensorRT build and the GPU (and L4T on a Jetson)."""
+    """What an engine is tied to: the TensorRT build and the GPU (and, on a Jetson, the board model and L4T).
+
+    Every Jetson Orin module reports compute capability 8.7 and they may share
+    an L4T release, so only the board model tells an AGX Orin from an Orin Nano.
+    """
 
     tensorrt_version: str
     gpu_name: str
     compute_capability: str  # "8.7"
     l4t: str | None = None
     jetpack: str | None = None
+    board: str | None = None  # the Jetson model, e.g. "NVIDIA Jetson Orin Nano Developer Kit"
 
     def describe(self) -> str:
-        where = f" on L4T {self.l4t}" if self.l4t else ""
+        where = f" on {self.board or 'a Jetson'}, L4T {self.l4t}" if self.l4t else ""
         return f"TensorRT {self.tensorrt_version}, {self.gpu_name} (sm {self.compute_capability}){where}"
+
+    def to_json(self) -> dict:
+        return {
+            "tensorrt_version": self.tensorrt_version,
+            "gpu_name": self.gpu_name,
+            "compute_capability": self.compute_capability,
+            "l4t": self.l4t,
+            "jetpack": self.jetpack,
+            "board": self.board,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict) -> HostInfo:
+        return cls(
+            tensorrt_version=str(data["tensorrt_version"]),
+            gpu_name=str(data["gpu_name"]),
+            compute_capability=str(data["compute_capability"]),
+            l4t=data.get("l4t"),
+            jetpack=data.get("jetpack"),
+            board=data.get("board"),
+        )
 
 
 @dataclass(frozen=True)
@@ -173,11 +201,7 @@ class EngineRecord:
             "precision": self.precision,
             "onnx_file": self.onnx_file,
             "onnx_sha256": self.onnx_sha256,
-            "tensorrt_version": self.host.tensorrt_version,
-            "gpu_name": self.host.gpu_name,
-            "compute_capability": self.host.compute_capability,
-            "l4t": self.host.l4t,
-            "jetpack": self.host.jetpack,
+            **self.host.to_json(),
             "workspace_mib": self.workspace_mib,
             "max_batch": self.max_batch,
             "max_prompt": self.max_prompt,
@@ -190,21 +214,9 @@ class EngineRecord:
 
     @classmethod
     def from_json(cls, data: dict) -> EngineRecord:
-        if not isinstance(data, dict):
-            raise InputError("engine record: expected a JSON object")
-        version = data.get("schema_version")
-        if version != SCHEMA_VERSION:
-            raise IncompatibleError(
-                f"engine record: schema_version {version!r} is not the {SCHEMA_VERSION} this merino-edge reads; run `merino-edge build` again"
-            )
+        check_schema(data, "engine record", SCHEMA_VERSION, fix="run `merino-edge build` again")
         try:
-            host = HostInfo(
-                tensorrt_version=str(data["tensorrt_version"]),
-                gpu_name=str(data["gpu_name"]),
-                compute_capability=str(data["compute_capability"]),
-                l4t=data.get("l4t"),
-                jetpack=data.get("jetpack"),
-            )
+            host = HostInfo.from_json(data)
             return cls(
                 precision=data.get("precision", "fp16"),
                 onnx_file=data["onnx_file"],
@@ -223,14 +235,13 @@ class EngineRecord:
             raise InputError(f"engine record: malformed or missing field ({exc!r})") from None
 
 
-def check_compatible(record: EngineRecord, host: HostInfo, onnx_sha256: str | None = None, *, bundle: str = "BUNDLE") -> None:
-    """Raise IncompatibleError, naming every difference, unless `host` may run the engine.
+def host_differences(built: HostInfo, host: HostInfo) -> list[str]:
+    """What keeps a TensorRT plan built on `built` from loading on `host` (empty when nothing does).
 
-    A TensorRT plan only loads on the exact TensorRT version and GPU model that
-    built it; on a Jetson a different L4T release means a different CUDA stack.
-    With `onnx_sha256` the engine must also come from the bundle's current graph.
+    A plan only loads on the exact TensorRT version and GPU model that built it;
+    on a Jetson a different board model means a different GPU configuration
+    (all Orin modules report sm 8.7), a different L4T release a different CUDA stack.
     """
-    built = record.host
     problems = []
     if built.tensorrt_version != host.tensorrt_version:
         problems.append(f"TensorRT {built.tensorrt_version} built it, this machine has {host.tensorrt_version}")
@@ -238,8 +249,19 @@ def check_compatible(record: EngineRecord, host: HostInfo, onnx_sha256: str | No
         problems.append(
             f"it was built for {built.gpu_name} (sm {built.compute_capability}), this GPU is {host.gpu_name} (sm {host.compute_capability})"
         )
+    if built.board != host.board:
+        problems.append(f"it was built on {built.board or 'an unrecorded board'}, this machine is {host.board or 'not a Jetson'}")
     if built.l4t != host.l4t:
         problems.append(f"it was built on L4T {built.l4t or 'none (not a Jetson)'}, this machine has L4T {host.l4t or 'none (not a Jetson)'}")
+    return problems
+
+
+def check_compatible(record: EngineRecord, host: HostInfo, onnx_sha256: str | None = None, *, bundle: str = "BUNDLE") -> None:
+    """Raise IncompatibleError, naming every difference, unless `host` may run the engine (see `host_differences`).
+
+    With `onnx_sha256` the engine must also come from the bundle's current graph.
+    """
+    problems = host_differences(record.host, host)
     if onnx_sha256 is not None and onnx_sha256 != record.onnx_sha256:
         problems.append(f"the bundle's {record.onnx_file} changed since the engine was built")
     if problems:

@@ -7,11 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from merino_edge.export.micro import export_validation_models
-from merino_edge.export.parts import read_graphs
-from merino_edge.jetson.models import ROUNDS, random_archs, time_models
-from merino_edge.jetson.profile import STATE_FILE, calibration_archs, profile_device
-from merino_edge.jetson.validate import validate_profile
+from merino_edge.profiling.export import export_validation_models
+from merino_edge.profiling.parts import read_graphs
+from merino_edge.profiling.run import STATE_FILE, profile_device
+from merino_edge.profiling.validate import validate_profile
+from merino_edge.profiling.whole_models import ROUNDS, calibration_archs, random_archs, time_models
 from merino_edge.search.latency import LatencyModel, Sample, fit_calibration
 
 
@@ -31,12 +31,13 @@ def test_validation_times_whole_models_and_reports_their_errors(tiny, tmp_path):
     profile_path = tmp_path / "profile.json"
     profile = profile_device(shutil.copytree(tiny.graphs, tmp_path / "w"), profile_path, threads=1, grid=tiny.grid, progress=False)
     archs = random_archs(3, tiny.axes, seed=1, **tiny.model)
-    folders = export_validation_models(archs, tmp_path / "models", progress=False)
-    stamp = (folders[0] / "model.onnx").stat().st_mtime_ns
-    assert export_validation_models(archs, tmp_path / "models", progress=False) == folders  # already there: kept
-    assert (folders[0] / "model.onnx").stat().st_mtime_ns == stamp
+    models = export_validation_models(archs, tmp_path / "models", progress=False)
+    assert [m.arch for m in models] == archs
+    stamp = models[0].graph.stat().st_mtime_ns
+    assert export_validation_models(archs, tmp_path / "models", progress=False) == models  # already there: kept
+    assert models[0].graph.stat().st_mtime_ns == stamp
 
-    report = validate_profile(profile_path, folders, tmp_path / "val", decode_contexts=(50, 100), prefill_lengths=(16,), progress=False)
+    report = validate_profile(profile_path, models, tmp_path / "val", decode_contexts=(50, 100), prefill_lengths=(16,), progress=False)
     latency = LatencyModel(profile)
     decode = [p for p in report.points if p.phase == "decode"]
     assert [(p.arch, p.tokens) for p in decode] == [(a.short(), c) for a in archs for c in (50, 100)]
@@ -56,9 +57,9 @@ def test_validation_times_whole_models_and_reports_their_errors(tiny, tmp_path):
 def test_a_calibrated_profile_fits_whole_models_resumes_and_validate_leaves_them_out(tiny, tmp_path):
     grid = replace(tiny.grid, measurement=replace(tiny.grid.measurement, flush_bytes=4 << 20))
     archs = calibration_archs(read_graphs(tiny.graphs), 3)
-    folders = export_validation_models(archs, tmp_path / "calibration", progress=False)
+    calibration = export_validation_models(archs, tmp_path / "calibration", progress=False)
     workdir, path = shutil.copytree(tiny.graphs, tmp_path / "w"), tmp_path / "profile.json"
-    profile = profile_device(workdir, path, threads=1, grid=grid, calibration=folders, progress=False)
+    profile = profile_device(workdir, path, threads=1, grid=grid, calibration=calibration, progress=False)
 
     fit = profile.calibration
     assert fit.archs == tuple(a.short() for a in archs) and fit.points == 3 * (3 + 2)  # 3 contexts, 2 prompt lengths
@@ -73,7 +74,7 @@ def test_a_calibrated_profile_fits_whole_models_resumes_and_validate_leaves_them
     ]
     assert fit_calibration(replace(profile, calibration=None), samples) == fit
     # run again: nothing is timed twice, so the same fit
-    assert profile_device(workdir, path, threads=1, grid=grid, calibration=folders, progress=False).calibration == fit
+    assert profile_device(workdir, path, threads=1, grid=grid, calibration=calibration, progress=False).calibration == fit
 
     # validate leaves out the architectures the fit saw
     held_out = random_archs(2, tiny.axes, seed=5, exclude=fit.archs, **tiny.model)
@@ -86,7 +87,7 @@ def test_a_calibrated_profile_fits_whole_models_resumes_and_validate_leaves_them
 
 @pytest.mark.slow
 def test_models_are_timed_in_rounds_that_resume_and_keep_their_median(tiny, tmp_path):
-    folders = export_validation_models(random_archs(2, tiny.axes, seed=4, **tiny.model), tmp_path / "models", progress=False)
+    models = export_validation_models(random_archs(2, tiny.axes, seed=4, **tiny.model), tmp_path / "models", progress=False)
     how = tiny.grid.measurement
     record, updates = {}, []
 
@@ -96,10 +97,10 @@ def test_models_are_timed_in_rounds_that_resume_and_keep_their_median(tiny, tmp_
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        time_models(folders, 1, how, (10,), (8,), rounds=3, record=record, on_update=interrupt_at_third, progress=False)
+        time_models(models, 1, how, (10,), (8,), rounds=3, record=record, on_update=interrupt_at_third, progress=False)
     assert sorted(len(v) for v in record.values()) == [1, 2]  # round 0 of both, round 1 of the first
     kept = json.loads(json.dumps(record))
-    timed = time_models(folders, 1, how, (10,), (8,), rounds=3, record=record, progress=False)
+    timed = time_models(models, 1, how, (10,), (8,), rounds=3, record=record, progress=False)
     assert all(len(v) == 3 and v[: len(kept[k])] == kept[k] for k, v in record.items())  # nothing timed twice
     for arch, timings in timed:
         runs = record[arch.short()]

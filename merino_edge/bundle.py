@@ -1,6 +1,6 @@
 """The deployable bundle: one directory that the board needs, and nothing else.
 
-Layout (DESIGN.md, "Files between stages")::
+Layout (one of the files between stages, docs/architecture.md)::
 
     bundle/
       manifest.json          this module's `Manifest` (schema_version, arch, files + sha256, ...)
@@ -19,7 +19,9 @@ so an interrupted export never looks like a bundle.
 Chat template: a role-tagged plain-text format (no Jinja, so the board needs
 nothing extra).  Each message becomes ``<|role|>\\n{content}\\n`` and the prompt
 ends with ``<|assistant|>\\n``; generation stops at the next ``\\n<|``.  A
-bundle may carry another template with the same three fields.
+bundle may carry another template with the same three fields.  The opening of
+a role marker (the text before ``{role}``, here ``<|``) is escaped in message
+content as ``<\\|``, so that no text a user sends can open a turn of its own.
 
 This module is torch-free (import-linter checks it): the runtime imports it
 on the board.  Writing a bundle from a checkpoint is `export/package.py`.
@@ -31,10 +33,9 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from merino_edge import __version__
 from merino_edge.arch import ArchSpec
 from merino_edge.errors import IncompatibleError, InputError
-from merino_edge.fileio import read_json, write_json_atomic
+from merino_edge.fileio import check_schema, read_json, write_json_atomic
 
 SCHEMA_VERSION = 1
 FORMAT = "merino-edge-bundle"
@@ -64,13 +65,23 @@ class ChatTemplate:
     generation_prompt: str = "<|assistant|>\n"
     stop: tuple[str, ...] = ("\n<|",)
 
+    @property
+    def marker(self) -> str:
+        """What opens a role marker: the message format's text before `{role}`."""
+        return self.message.partition("{role}")[0]
+
+    def escape(self, content: str) -> str:
+        """`content` with every role-marker opening broken (`<|` -> `<\\|`), so it cannot start a turn."""
+        marker = self.marker
+        return content.replace(marker, f"{marker[0]}\\{marker[1:]}") if marker else content
+
     def render(self, messages: list[dict]) -> str:
         """The prompt for a list of {"role", "content"} messages, ready for the assistant's turn."""
         parts = []
         for i, m in enumerate(messages):
             if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
                 raise InputError(f"messages[{i}]: needs string 'role' and 'content'")
-            parts.append(self.message.format(role=m["role"], content=m["content"]))
+            parts.append(self.message.format(role=m["role"], content=self.escape(m["content"])))
         return "".join(parts) + self.generation_prompt
 
     def to_json(self) -> dict:
@@ -123,17 +134,7 @@ class Manifest:
 
     @classmethod
     def from_json(cls, data: dict) -> Manifest:
-        if not isinstance(data, dict) or data.get("format") != FORMAT:
-            raise InputError(f"{MANIFEST}: not a merino-edge bundle manifest (format {data.get('format')!r})" if isinstance(data, dict) else f"{MANIFEST}: expected a JSON object")
-        version = data.get("schema_version")
-        if not isinstance(version, int):
-            raise InputError(f"{MANIFEST}: schema_version missing or not an integer")
-        if version > SCHEMA_VERSION:
-            raise IncompatibleError(
-                f"{MANIFEST}: bundle format {version} is newer than this merino-edge {__version__} reads (up to {SCHEMA_VERSION}); upgrade merino-edge"
-            )
-        if version < 1:
-            raise IncompatibleError(f"{MANIFEST}: bundle format {version} is not supported; export the bundle again")
+        version = check_schema(data, MANIFEST, SCHEMA_VERSION, oldest=1, kind=("format", FORMAT), fix="export the bundle again")
         try:
             return cls(
                 schema_version=version,
@@ -194,9 +195,36 @@ class Bundle:
             bundle.verify()
         return bundle
 
+    def loaded_files(self) -> dict[str, str]:
+        """What the runtime reads, by where the manifest names it: graphs, their weights, the tokenizer, engines."""
+        m = self.manifest
+        named = {"tokenizer.file": m.tokenizer.get("file")}
+        for precision, graph in m.graphs.items():
+            named[f"graphs.{precision}.file"] = graph.get("file")
+            if graph.get("data_file") is not None:
+                named[f"graphs.{precision}.data_file"] = graph["data_file"]
+        named.update({f"engines.{name}.file": engine.get("file") for name, engine in m.engines.items()})
+        return named
+
+    def _inside(self, name, where: str) -> None:
+        """InputError unless `name` is a relative path without `..` that resolves inside the bundle directory."""
+        if not isinstance(name, str) or not name:
+            raise InputError(f"bundle {self.path}: {where} must be a file name, got {name!r}")
+        parts = Path(name).parts
+        if Path(name).is_absolute() or ".." in parts or "\\" in name:
+            raise InputError(f"bundle {self.path}: {where} {name!r} points outside the bundle (it must be a relative path without '..')")
+        root = self.path.resolve()
+        if not (self.path / name).resolve().is_relative_to(root):
+            raise InputError(f"bundle {self.path}: {where} {name!r} resolves outside the bundle (a symlink?)")
+
     def verify(self) -> None:
-        """Every file named in the manifest exists and has its recorded sha256."""
+        """Every file the runtime loads is listed in `files`; every listed file lies inside the bundle, exists and has its sha256."""
+        for where, name in self.loaded_files().items():
+            self._inside(name, where)
+            if name not in self.manifest.files:
+                raise InputError(f"bundle {self.path}: {where} {name!r} has no sha256 in the manifest's files (export it again)")
         for name, expected in self.manifest.files.items():
+            self._inside(name, "files entry")
             file = self.path / name
             if not file.is_file():
                 raise InputError(f"bundle {self.path}: {name} is missing (incomplete bundle; export it again)")

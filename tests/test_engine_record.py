@@ -9,9 +9,8 @@ from types import SimpleNamespace
 import pytest
 
 from merino_edge.arch import ArchSpec, Block
-from merino_edge.errors import IncompatibleError, InputError
-from merino_edge.export.bundle import MANIFEST, Bundle, Manifest
-from merino_edge.export.engine_record import (
+from merino_edge.bundle import MANIFEST, Bundle, Manifest, file_sha256
+from merino_edge.engine_record import (
     CONTEXT,
     ENGINE_FILE,
     ENGINE_NAME,
@@ -22,11 +21,13 @@ from merino_edge.export.engine_record import (
     manifest_profiles,
     profile_shapes,
 )
-from merino_edge.export.tensorrt import parser_error_message
+from merino_edge.errors import IncompatibleError, InputError
+from merino_edge.export.tensorrt import attach_timing_cache, parser_error_message
 from merino_edge.fileio import write_json_atomic
 
 ARCH = ArchSpec(blocks=(Block(64, 2.0, 2), Block(128, 1.5, 1)), vocab_size=512, proj_dim=96, max_positions=256)
-ORIN = HostInfo("10.3.0", "Orin", "8.7", l4t="36.3.0", jetpack="6.0")
+AGX_ORIN = "NVIDIA Jetson AGX Orin Developer Kit"
+ORIN = HostInfo("10.3.0", "Orin", "8.7", l4t="36.4.0", jetpack="6.1", board=AGX_ORIN)
 
 
 def _manifest(**limits) -> Manifest:
@@ -113,7 +114,10 @@ def test_impossible_limits_are_refused(limits, word):
 
 
 def test_record_round_trips_through_the_bundle_manifest(tmp_path):
-    write_json_atomic(tmp_path / MANIFEST, _manifest().to_json())
+    manifest = _manifest()
+    (tmp_path / "tokenizer.model").write_bytes(b"a tokenizer")  # every bundle lists the tokenizer it loads
+    manifest.files["tokenizer.model"] = file_sha256(tmp_path / "tokenizer.model")
+    write_json_atomic(tmp_path / MANIFEST, manifest.to_json())
     (tmp_path / "engines").mkdir()
     (tmp_path / ENGINE_FILE).write_bytes(b"serialized plan")
     record = _record()
@@ -122,7 +126,8 @@ def test_record_round_trips_through_the_bundle_manifest(tmp_path):
     bundle = Bundle.load(tmp_path)
     assert EngineRecord.from_json(json.loads(json.dumps(bundle.engine_record))) == record
     assert bundle.engine_path(ENGINE_NAME) == tmp_path / ENGINE_FILE
-    assert bundle.engine_record["tensorrt_version"] == "10.3.0" and bundle.engine_record["l4t"] == "36.3.0"
+    assert bundle.engine_record["tensorrt_version"] == "10.3.0" and bundle.engine_record["l4t"] == "36.4.0"
+    assert bundle.engine_record["board"] == AGX_ORIN
 
     (tmp_path / ENGINE_FILE).write_bytes(b"serialized plam")  # one byte flipped
     with pytest.raises(InputError, match="damaged"):
@@ -150,7 +155,7 @@ def test_record_from_another_format_or_malformed_is_refused():
 
 def test_same_machine_same_graph_is_compatible():
     record = _record()
-    check_compatible(record, HostInfo("10.3.0", "Orin", "8.7", l4t="36.3.0", jetpack="6.0"), record.onnx_sha256)
+    check_compatible(record, HostInfo("10.3.0", "Orin", "8.7", l4t="36.4.0", jetpack="6.1", board=AGX_ORIN), record.onnx_sha256)
 
 
 @pytest.mark.parametrize(
@@ -159,8 +164,10 @@ def test_same_machine_same_graph_is_compatible():
         (dataclasses.replace(ORIN, tensorrt_version="10.7.0"), "TensorRT 10.3.0 built it, this machine has 10.7.0"),
         (dataclasses.replace(ORIN, gpu_name="NVIDIA GeForce RTX 4090", compute_capability="8.9"), "built for Orin (sm 8.7), this GPU is NVIDIA GeForce RTX 4090"),
         (dataclasses.replace(ORIN, compute_capability="7.2"), "this GPU is Orin (sm 7.2)"),
-        (dataclasses.replace(ORIN, l4t="36.4.0", jetpack="6.1"), "built on L4T 36.3.0, this machine has L4T 36.4.0"),
-        (dataclasses.replace(ORIN, l4t=None, jetpack=None), "this machine has L4T none (not a Jetson)"),
+        (dataclasses.replace(ORIN, l4t="36.4.3", jetpack="6.2"), "built on L4T 36.4.0, this machine has L4T 36.4.3"),
+        (dataclasses.replace(ORIN, l4t=None, jetpack=None, board=None), "this machine has L4T none (not a Jetson)"),
+        # every Orin module reports sm 8.7 and may run the same L4T: only the board model tells them apart
+        (dataclasses.replace(ORIN, board="NVIDIA Jetson Orin Nano Developer Kit"), f"built on {AGX_ORIN}, this machine is NVIDIA Jetson Orin Nano Developer Kit"),
     ],
 )
 def test_other_tensorrt_gpu_or_l4t_is_refused_with_a_rebuild_hint(host, expected):
@@ -181,7 +188,55 @@ def test_every_difference_is_named_at_once():
     host = HostInfo("10.12.0", "NVIDIA H100", "9.0")
     with pytest.raises(IncompatibleError) as info:
         check_compatible(_record(), host)
-    assert all(word in str(info.value) for word in ("TensorRT 10.3.0", "NVIDIA H100", "L4T 36.3.0"))
+    assert all(word in str(info.value) for word in ("TensorRT 10.3.0", "NVIDIA H100", "L4T 36.4.0", AGX_ORIN))
+
+
+def test_a_record_from_before_board_models_is_refused_on_a_jetson():
+    data = _record().to_json()
+    del data["board"]
+    old = EngineRecord.from_json(data)
+    assert old.host.board is None
+    with pytest.raises(IncompatibleError, match=f"built on an unrecorded board, this machine is {AGX_ORIN}"):
+        check_compatible(old, ORIN)
+
+
+class StandInBuilderConfig:
+    """TensorRT's timing-cache contract on an IBuilderConfig, as its bindings document it and NVIDIA's samples check it.
+
+    `create_timing_cache` returns None for bytes it cannot read (a damaged file,
+    another TensorRT's format); `set_timing_cache` returns False for a cache
+    from another GPU unless ignore_mismatch.  A stand-in, since no TensorRT runs here.
+    """
+
+    def __init__(self, gpu: str = "Orin") -> None:
+        self.gpu, self.cache = gpu, None
+
+    def create_timing_cache(self, serialized: bytes):
+        if serialized == b"":
+            return SimpleNamespace(gpu=self.gpu, data=b"")
+        kind, _, gpu = bytes(serialized).partition(b":")
+        return SimpleNamespace(gpu=gpu.decode(), data=serialized) if kind == b"trt-10.3-cache" else None
+
+    def set_timing_cache(self, cache, ignore_mismatch: bool) -> bool:
+        if cache.gpu != self.gpu and not ignore_mismatch:
+            return False
+        self.cache = cache
+        return True
+
+
+@pytest.mark.parametrize(
+    ("serialized", "used"),
+    [
+        (b"trt-10.3-cache:Orin", True),
+        (b"", False),  # no cache yet: a new one, no notice
+        (b"trt-10.3-cache:NVIDIA H100", False),  # another GPU's
+        (b"\x00garbage from an interrupted copy", False),  # unreadable: create_timing_cache gives None
+    ],
+)
+def test_a_timing_cache_that_tensorrt_refuses_is_replaced_by_a_new_one(serialized, used):
+    config = StandInBuilderConfig()
+    assert attach_timing_cache(config, serialized) is used
+    assert config.cache is not None and config.cache.data == (serialized if used else b"")
 
 
 def test_parser_errors_name_every_node_and_operator():

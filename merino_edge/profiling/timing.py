@@ -1,7 +1,9 @@
 """Timing one graph on the device: the repetition rule, cache flushes, ONNX Runtime sessions bound once.
 
-Shared by the profiler (`jetson.profile`), its calibration and `profile validate`
-(`jetson.models`), so parts and whole models are timed the same way.
+Shared by the profiler (`profiling.run`), its calibration and `profile validate`
+(`profiling.whole_models`), so parts and whole models are timed the same way.
+A `Run` is one graph bound at one grid point: calling it runs the graph once,
+synchronously.
 """
 
 from __future__ import annotations
@@ -14,9 +16,9 @@ import numpy as np
 
 from merino_edge.device_profile import Measurement
 from merino_edge.errors import MissingDependencyError
-from merino_edge.export.parts import dims, example_input
+from merino_edge.profiling.parts import dims, example_input
 
-Runner = Callable[[], None]
+Run = Callable[[], None]
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 
@@ -26,7 +28,7 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 SLOW_RUN_REPETITIONS = 3  # the fewest repetitions of a run slower than the time target
 
 
-def measure(run: Runner, how: Measurement, before: Callable[[], None] | None = None) -> tuple[float, float, int]:
+def measure(run: Run, how: Measurement, before: Callable[[], None] | None = None) -> tuple[float, float, int]:
     """Median and IQR (ms) of `run` on `how.clock`, and the repetitions used.
 
     `before` (e.g. a cache flush) runs before every run, outside the timing.
@@ -90,7 +92,7 @@ def ort_session(path: Path, threads: int | None, provider: str = "CPUExecutionPr
     return ort.InferenceSession(str(path), options, providers=[provider])
 
 
-def ort_runner(session, inputs: dict, outputs: dict, seq_len: int, past_len: int, vocab_size: int) -> Runner:
+def ort_runner(session, inputs: dict, outputs: dict, seq_len: int, past_len: int, vocab_size: int) -> Run:
     """Bind every input and output of `session` once to buffers shaped for one grid point."""
     rng = np.random.default_rng(0)
     io = session.io_binding()
