@@ -129,8 +129,16 @@ def build_bundle(name: str, arch: ArchSpec, tokenizer: Path, work: Path) -> tupl
     if not held_out.is_file():
         held_out.write_text("\n\n".join(d["text"] for d in builtin_documents() if d["source"].startswith("stdlib/")), encoding="utf-8")
     if not (bundle / "manifest.json").is_file():
-        export_bundle(ckpt, bundle, quantize=QUANTIZED, eval_data=[str(held_out)], overwrite=True)
+        export_bundle(ckpt, bundle, quantize=QUANTIZED, held_out=held_out_tokens(ckpt, held_out), overwrite=True)
     return ckpt, bundle
+
+
+def held_out_tokens(ckpt: Path, data: Path) -> tuple:
+    from merino_edge.export.quality import EVAL_SEQ_LEN, EVAL_TOKENS
+    from merino_edge.tokenizer import Tokenizer
+    from merino_edge.training.data import held_out_windows
+
+    return held_out_windows(ckpt, Tokenizer(ckpt / "tokenizer.model"), [str(data)], seq_len=EVAL_SEQ_LEN, tokens=EVAL_TOKENS)
 
 
 def trained_quality(ckpt: Path, data: Path, work: Path) -> dict:
@@ -140,7 +148,7 @@ def trained_quality(ckpt: Path, data: Path, work: Path) -> dict:
 
     out = work / "trained-bundle"
     if not (out / "manifest.json").is_file():
-        export_bundle(ckpt, out, quantize=QUANTIZED, eval_data=[str(data)], overwrite=True)
+        export_bundle(ckpt, out, quantize=QUANTIZED, held_out=held_out_tokens(ckpt, data), overwrite=True)
     bundle = Bundle.load(out)
     return {"checkpoint": str(ckpt), "arch_short": bundle.arch.short(), **{p: bundle.manifest.graphs[p]["quality"] for p in QUANTIZED}}
 

@@ -248,11 +248,25 @@ def _print_bundle(bundle) -> None:
             )
 
 
+def _held_out(ckpt, tokenizer_path, eval_data):
+    """Held-out token windows (and their source) for the quantized graphs' perplexity."""
+    from pathlib import Path
+
+    from merino_edge.export.quality import EVAL_SEQ_LEN, EVAL_TOKENS
+    from merino_edge.tokenizer import Tokenizer
+    from merino_edge.training.data import held_out_windows
+
+    return held_out_windows(Path(ckpt), Tokenizer(tokenizer_path), eval_data, seq_len=EVAL_SEQ_LEN, tokens=EVAL_TOKENS)
+
+
 def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from merino_edge.export.package import export_bundle
 
+    held_out = _held_out(args.checkpoint, Path(args.checkpoint) / "tokenizer.model", args.eval_data) if args.quantize else None
     bundle = export_bundle(
-        args.checkpoint, args.out, fp32=args.fp32, fp16=args.fp16, quantize=args.quantize, eval_data=args.eval_data,
+        args.checkpoint, args.out, fp32=args.fp32, fp16=args.fp16, quantize=args.quantize, held_out=held_out,
         max_context=args.max_context, max_prompt=args.max_prompt, max_batch=args.max_batch, overwrite=args.force,
     )  # fmt: skip
     _print_bundle(bundle)
@@ -268,11 +282,14 @@ def _add_quantize(p: argparse.ArgumentParser) -> None:
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
+    from merino_edge.bundle import Bundle
     from merino_edge.export.quantize import quantize_bundle
 
     if not args.precisions:
         raise MerinoError("quantize: say which graphs to add: --int8 and/or --int4")
-    _print_bundle(quantize_bundle(args.bundle, args.precisions, eval_data=args.eval_data, progress=args.progress))
+    bundle = Bundle.load(args.bundle)
+    held_out = _held_out(bundle.manifest.source.get("checkpoint", ""), bundle.tokenizer_path, args.eval_data)
+    _print_bundle(quantize_bundle(bundle.path, args.precisions, held_out, progress=args.progress))
     return 0
 
 

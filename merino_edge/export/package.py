@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from merino_edge import __version__
@@ -30,7 +31,6 @@ from merino_edge.bundle import (
 )
 from merino_edge.errors import InputError
 from merino_edge.export.onnx import export_onnx  # checks the operators too
-from merino_edge.export.quality import EVAL_SEQ_LEN, held_out_windows
 from merino_edge.export.quantize import quantized_graphs
 from merino_edge.fileio import write_json_atomic
 from merino_edge.model import MeRinoConfig
@@ -77,7 +77,7 @@ def export_bundle(
     fp32: bool = True,
     fp16: bool = False,
     quantize: Sequence[str] = (),
-    eval_data: Sequence[str] = (),
+    held_out: tuple[np.ndarray, str] | None = None,
     max_context: int | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     max_prompt: int | None = None,
@@ -90,8 +90,8 @@ def export_bundle(
 
     `max_context` defaults to the arch's max positions; `max_prompt` to `max_context`.
     `quantize`: "int8" and/or "int4" graphs made from the fp32 one, their
-    held-out perplexity measured on `eval_data` (default: the checkpoint's
-    validation split; see `merino_edge.export.quality`).
+    perplexity measured on `held_out` (token windows and where they came
+    from, `merino_edge.training.data.held_out_windows`; see `merino_edge.export.quality`).
     """
     ckpt, out = Path(ckpt_dir), Path(out_dir)
     precisions = [p for p, wanted in (("fp32", fp32), ("fp16", fp16)) if wanted]
@@ -99,6 +99,8 @@ def export_bundle(
         raise InputError("export: nothing to export (neither fp32 nor fp16 asked for)")
     if quantize and not fp32:
         raise InputError("export: --quantize makes its graphs from the fp32 graph; drop --no-fp32")
+    if quantize and held_out is None:
+        raise InputError("export: --quantize needs held-out tokens to measure the quantized graphs on")
     _check_checkpoint(ckpt)
     arch = MeRinoConfig.from_pretrained(str(ckpt)).to_arch()
     max_context = arch.max_positions if max_context is None else max_context
@@ -112,8 +114,6 @@ def export_bundle(
     tokenizer = Tokenizer(ckpt / TOKENIZER_FILE)
     if tokenizer.vocab_size > arch.vocab_size:
         raise InputError(f"checkpoint {ckpt}: tokenizer has {tokenizer.vocab_size} pieces but the model only {arch.vocab_size}")
-
-    windows = held_out_windows(ckpt, tokenizer, eval_data, seq_len=min(EVAL_SEQ_LEN, max_context)) if quantize else None  # fails before any work
 
     _prepare_out_dir(out, overwrite)
     shutil.copyfile(ckpt / TOKENIZER_FILE, out / TOKENIZER_FILE)
@@ -131,7 +131,7 @@ def export_bundle(
             "io_dtype": {"kv": "float16" if precision == "fp16" else "float32", "logits": "float32"},
         }
     if quantize:
-        graphs.update(quantized_graphs(out, graphs["fp32"], quantize, *windows, progress=progress))
+        graphs.update(quantized_graphs(out, graphs["fp32"], quantize, *held_out, max_context=max_context, progress=progress))
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     hashes = {name: file_sha256(out / name) for name in tqdm(files, desc="sha256", unit="file", disable=not progress, file=sys.stderr)}
     manifest = Manifest(

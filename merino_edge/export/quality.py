@@ -2,8 +2,9 @@
 
 Measured at export on the checkpoint's own validation split (the token shards
 that `merino-edge train` keeps in `CKPT/data`) or on text the user names, in
-consecutive windows of `seq_len + 1` tokens, each graph run once over them on
-ONNX Runtime (CPU) with an empty past.  The result goes into the bundle's
+consecutive windows of `seq_len + 1` tokens (the caller reads them:
+`merino_edge.training.data.held_out_windows`), each graph run once over them
+on ONNX Runtime (CPU) with an empty past.  The result goes into the bundle's
 manifest beside the bound it is held to; the runtime's `auto` precision picks
 the smallest graph within its bound.
 """
@@ -11,48 +12,14 @@ the smallest graph within its bound.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from merino_edge.errors import InputError
-from merino_edge.tokenizer import Tokenizer
-
 # Largest perplexity increase over fp32 that `auto` accepts, stored in the manifest at export.
 MAX_INCREASE = {"int8": 0.01, "int4": 0.05}
-EVAL_TOKENS = 8192
+EVAL_TOKENS = 8192  # held-out tokens, in windows of EVAL_SEQ_LEN (`merino_edge.training.data.held_out_windows`)
 EVAL_SEQ_LEN = 256
-DATA_DIR = "data"  # where `merino-edge train` keeps its token shards inside the checkpoint
-
-
-def held_out_windows(ckpt: Path, tokenizer: Tokenizer, data: Sequence[str] = (), *, seq_len: int = EVAL_SEQ_LEN, tokens: int = EVAL_TOKENS) -> tuple[np.ndarray, str]:
-    """int64 [n, seq_len + 1] windows of held-out tokens, and where they came from.
-
-    `data`: a prepared shard directory (its validation split) or text sources
-    (files, folders, .jsonl[.gz]); empty: the checkpoint's own `data/` shards.
-    """
-    from merino_edge.training.data import MANIFEST, Corpus, TokenShards, validation_windows
-
-    sources = list(data) or ([str(ckpt / DATA_DIR)] if (ckpt / DATA_DIR / MANIFEST).is_file() else [])
-    if not sources:
-        raise InputError(f"quantize: {ckpt} keeps no validation split ({DATA_DIR}/ shards); name held-out text with --eval-data")
-    if len(sources) == 1 and (Path(sources[0]) / MANIFEST).is_file():
-        shards = TokenShards.open(sources[0])
-        shards.check_tokenizer(tokenizer)
-        windows, source = validation_windows(shards.stream("val"), seq_len, tokens), f"{sources[0]} (validation split)"
-    else:
-        ids: list[int] = []
-        for text in Corpus(tuple(sources)):
-            ids += [*tokenizer.encode(text), tokenizer.eos_id]  # as the training shards hold documents
-            if len(ids) > tokens + 1:
-                break
-        count = min((len(ids) - 1) // seq_len, max(1, tokens // seq_len))
-        windows = np.array([ids[i * seq_len : i * seq_len + seq_len + 1] for i in range(count)], np.int64).reshape(-1, seq_len + 1)
-        source = ", ".join(sources)
-    if len(windows) == 0:
-        raise InputError(f"quantize: the held-out data {source} has fewer than {seq_len + 1} tokens")
-    return windows, source
 
 
 def graph_perplexity(graph: str | Path, windows: np.ndarray, *, batch: int = 4, threads: int | None = None) -> float:

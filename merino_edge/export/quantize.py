@@ -34,11 +34,10 @@ import onnx
 from onnx import helper, numpy_helper
 from tqdm import tqdm
 
-from merino_edge.errors import InputError, MissingDependencyError
 from merino_edge.bundle import GRAPH_FILES, MANIFEST, QUANTIZED, Bundle, file_sha256
-from merino_edge.export.quality import EVAL_SEQ_LEN, MAX_INCREASE, graph_perplexity, held_out_windows
+from merino_edge.errors import InputError, MissingDependencyError
+from merino_edge.export.quality import MAX_INCREASE, graph_perplexity
 from merino_edge.fileio import write_json_atomic
-from merino_edge.tokenizer import Tokenizer
 
 BITS = {"int8": 8, "int4": 4}
 # 32: llama.cpp's block; measured on the 50M arch: block 128 decodes no faster here, and 32 loses less perplexity.
@@ -48,18 +47,16 @@ ACCURACY_LEVEL = 4  # MatMulNBits computes with int8 activations (per block), th
 __all__ = ["BITS", "BLOCK_SIZE", "quantize_bundle", "quantize_graph", "quantized_graphs"]
 
 
-def quantize_bundle(bundle_dir: str | Path, precisions: Sequence[str], *, eval_data: Sequence[str] = (), progress: bool = True) -> Bundle:
+def quantize_bundle(bundle_dir: str | Path, precisions: Sequence[str], held_out: tuple[np.ndarray, str], *, progress: bool = True) -> Bundle:
     """`merino-edge quantize`: add int8 / int4 graphs to an existing bundle (from its fp32 graph) and rewrite its manifest.
 
-    The held-out text is `eval_data`, else the validation split of the checkpoint the bundle was exported from.
+    `held_out`: token windows to measure them on and where they came from (`merino_edge.training.data.held_out_windows`).
     """
     bundle = Bundle.load(bundle_dir)
     manifest = bundle.manifest
     if "fp32" not in manifest.graphs:
         raise InputError(f"bundle {bundle.path}: quantized graphs are made from the fp32 graph, and this bundle has none; export it again with fp32")
-    ckpt = Path(manifest.source.get("checkpoint", ""))
-    windows, source = held_out_windows(ckpt, Tokenizer(bundle.tokenizer_path), eval_data, seq_len=min(EVAL_SEQ_LEN, bundle.max_context))
-    graphs = quantized_graphs(bundle.path, manifest.graphs["fp32"], precisions, windows, source, progress=progress)
+    graphs = quantized_graphs(bundle.path, manifest.graphs["fp32"], precisions, *held_out, max_context=bundle.max_context, progress=progress)
     for precision, entry in graphs.items():
         files = [entry["file"], entry["data_file"]]
         manifest.record_graph(precision, entry, {name: file_sha256(bundle.path / name) for name in files})
@@ -67,12 +64,15 @@ def quantize_bundle(bundle_dir: str | Path, precisions: Sequence[str], *, eval_d
     return Bundle.load(bundle.path)
 
 
-def quantized_graphs(out_dir: Path, fp32: dict, precisions: Sequence[str], windows: np.ndarray, source: str, *, progress: bool = True) -> dict[str, dict]:
+def quantized_graphs(
+    out_dir: Path, fp32: dict, precisions: Sequence[str], windows: np.ndarray, source: str, *, max_context: int, progress: bool = True
+) -> dict[str, dict]:
     """Write the `precisions` graphs made from the bundle's fp32 graph `fp32` (its manifest entry) and measure them.
 
     Returns each one's manifest entry: files, how it was quantized and its
-    held-out perplexity against fp32's on `windows` (from `source`).
+    held-out perplexity against fp32's on `windows` (from `source`; each cut to the bundle's context).
     """
+    windows = windows[:, : max_context + 1]
     unknown = [p for p in precisions if p not in QUANTIZED]
     if unknown:
         raise InputError(f"quantize: {', '.join(unknown)} is not one of {', '.join(QUANTIZED)}")

@@ -12,12 +12,14 @@ import pytest
 from local_text import training_texts
 from shared_paths import EVAL_FIXTURES
 
+from merino_edge.bundle import MANIFEST, Bundle, file_sha256
 from merino_edge.cli import main
 from merino_edge.errors import InputError
-from merino_edge.bundle import MANIFEST, Bundle, file_sha256
 from merino_edge.export.package import export_bundle
-from merino_edge.export.quantize import quantize_bundle
+from merino_edge.export.quality import EVAL_SEQ_LEN, EVAL_TOKENS
 from merino_edge.runtime import Generator, SamplingParams, create_backend
+from merino_edge.tokenizer import Tokenizer
+from merino_edge.training.data import held_out_windows
 
 # Greedy text of int8 must equal fp32's; a difference is allowed only where fp32's
 # top two logits were within NEAR_TIE of each other (the quantization noise of the
@@ -47,7 +49,8 @@ def trained_checkpoint(tmp_path_factory, tiny_tokenizer):
 @pytest.fixture(scope="module")
 def quantized_bundle(tmp_path_factory, trained_checkpoint):
     out = tmp_path_factory.mktemp("qbundle") / "bundle"
-    export_bundle(trained_checkpoint, out, quantize=["int8", "int4"], max_context=128, max_batch=4, progress=False)
+    held_out = held_out_windows(trained_checkpoint, Tokenizer(trained_checkpoint / "tokenizer.model"), seq_len=EVAL_SEQ_LEN, tokens=EVAL_TOKENS)
+    export_bundle(trained_checkpoint, out, quantize=["int8", "int4"], held_out=held_out, max_context=128, max_batch=4, progress=False)
     return out
 
 
@@ -155,8 +158,9 @@ def test_quantize_command_adds_a_graph_to_an_existing_bundle(tiny_bundle, tmp_pa
     assert bundle.manifest.graphs["int8"]["quality"]["data"] == str(held_out)
 
 
-def test_quantize_without_held_out_data_is_an_input_error(tiny_bundle, tmp_path):
+def test_quantize_without_held_out_data_exits_2_with_one_line(tiny_bundle, tmp_path, capsys):
     copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
-    with pytest.raises(InputError, match="--eval-data"):
-        quantize_bundle(copy, ["int4"], progress=False)
+    assert main(["quantize", str(copy), "--int4", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--eval-data" in err[0]
     assert Bundle.load(copy).precisions == ["fp32", "fp16"]
