@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -43,7 +44,7 @@ def trained_checkpoint(tmp_path_factory, tiny_tokenizer):
         seq_len=64, batch_tokens=1024, micro_batch=16, max_steps=80, lr=4e-3, min_lr=4e-4, eval_every=10**6,
         eval_tokens=2048, save_every=10**6, threads=2, progress=False,
     )  # fmt: skip
-    return train(cfg).out_dir
+    return Path(train(cfg).out_dir)
 
 
 @pytest.fixture(scope="module")
