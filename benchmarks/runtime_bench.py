@@ -103,12 +103,12 @@ def _timed(fn, *args) -> float:
 # ------------------------------------------------------------------ building
 
 
-def build_tokenizer(path: Path) -> Path:
+def build_tokenizer(path: Path, vocab_size: int = 32000) -> Path:
     from merino_edge.tokenizer import train_tokenizer
     from merino_edge.training.builtin_corpus import builtin_documents
 
     if not path.is_file():
-        train_tokenizer((d["text"] for d in builtin_documents()), path, vocab_size=32000)
+        train_tokenizer((d["text"] for d in builtin_documents()), path, vocab_size=vocab_size)
     return path
 
 

@@ -398,6 +398,16 @@ def _run_doctor(args: argparse.Namespace) -> int:
 # ------------------------------------------------- serve / chat / complete
 
 
+def _parallel(text: str) -> int | None:
+    """--parallel: 'auto' (None: the server picks) or a whole number."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a whole number") from None
+
+
 def _add_serve(p: argparse.ArgumentParser) -> None:
     from merino_edge.runtime.connection_limits import ConnectionLimits
     from merino_edge.runtime.socket_path import DEFAULT_BIND_RETRY_S
@@ -410,7 +420,12 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "ort", "tensorrt", "torch"], help="inference backend")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads of the ONNX Runtime backend")
     _add_precision_flag(p)
-    p.add_argument("--queue-size", type=int, default=32, metavar="N", help="requests that may wait while one generates; more get 429")
+    p.add_argument("--queue-size", type=int, default=32, metavar="N", help="requests that may wait while --parallel ones generate; more get 429")
+    p.add_argument("--parallel", type=_parallel, default="auto", metavar="N",
+                   help="sequences that decode together, each with its own KV-cache slot (auto: as many as a quarter of the free memory "
+                        "holds at the bundle's full context, at most 8 and the bundle's max batch; printed at start; 1 serves requests in turn)")
+    p.add_argument("--prefix-cache-mib", type=float, default=64, metavar="MIB",
+                   help="memory for the K/V of recent prompts, so a prompt that starts the same way prefills only the rest (0: off)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body in bytes; larger get 413")
     p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S", help="seconds running requests may finish after SIGTERM")
     limits = ConnectionLimits()
@@ -435,6 +450,8 @@ def _run_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
         precision=args.precision,
         queue_size=args.queue_size,
+        parallel=args.parallel,
+        prefix_cache_mib=args.prefix_cache_mib,
         max_body_bytes=args.max_body_bytes,
         shutdown_grace=args.shutdown_grace,
         limits=ConnectionLimits(args.max_connections, args.header_timeout, args.body_timeout, args.idle_timeout),
