@@ -311,9 +311,13 @@ def create_backend(bundle, name: str = "auto", *, threads: int | None = None, pr
     name: "auto" (TensorRT when the bundle has an engine and TensorRT is
     installed, else ONNX Runtime, with a logged notice), "ort", "tensorrt" or
     "torch" (the PyTorch reference; needs torch and the source checkpoint).
+    precision: a graph of the bundle, or "auto" / None: the engine's choice
+    (ONNX Runtime on a CPU: the smallest graph within its stored quality bound,
+    `Bundle.cpu_precision`).
     """
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(Path(bundle))
+    precision = None if precision == "auto" else precision
     if name != "auto" and name not in BACKENDS:
         raise InputError(f"backend {name!r}: choose one of auto, {', '.join(BACKENDS)}")
     if name == "auto":

@@ -102,12 +102,12 @@ class ServerState:
         self.vocab_size = bundle.arch.vocab_size
 
     def load(self, backend: str = "auto", threads: int | None = None, parallel: int | None = None,
-             prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES) -> None:
+             prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES, precision: str | None = None) -> None:
         """Create the backend, tokenizer and generator, then start serving (slow: run it off the event loop)."""
         from merino_edge.runtime import Generator, SamplingParams, create_backend
         from merino_edge.tokenizer import Tokenizer
 
-        engine = create_backend(self.bundle, backend, threads=threads)
+        engine = create_backend(self.bundle, backend, threads=threads, precision=precision)
         self.tokenizer = Tokenizer(self.bundle.tokenizer_path)
         self.generator = Generator(engine, self.tokenizer)
         self.max_context = engine.max_context
@@ -471,6 +471,7 @@ def serve(
     api_key: str | None = None,
     backend: str = "auto",
     threads: int | None = None,
+    precision: str | None = None,
     queue_size: int = DEFAULT_QUEUE_SIZE,
     parallel: int | None = None,
     prefix_cache_mib: float = DEFAULT_PREFIX_CACHE_BYTES / 2**20,
@@ -497,6 +498,8 @@ def serve(
         raise InputError(f"--max-body-bytes must be at least 1024, got {max_body_bytes}")
     tcp_addr, api_key = _api_key_for(tcp, api_key)
     bundle = Bundle.load(bundle_dir)
+    if precision not in (None, "auto"):
+        bundle.onnx_path(precision)  # a graph the bundle lacks fails here, before the socket is bound
     metrics = ServerMetrics()
     state = ServerState(bundle, metrics, queue_size=queue_size, max_body_bytes=max_body_bytes, api_key=api_key,
                         tcp_hosts=own_hosts(*tcp_addr) if tcp_addr else frozenset(), body_timeout=limits.body_timeout)
@@ -520,7 +523,7 @@ def serve(
 
         def load():
             try:
-                state.load(backend, threads, parallel, int(prefix_cache_mib * 2**20))
+                state.load(backend, threads, parallel, int(prefix_cache_mib * 2**20), precision)
             except BaseException as exc:  # reported after the server has stopped
                 state.load_error, state.status = exc, "failed"
                 server.should_exit = True

@@ -21,7 +21,7 @@ import numpy as np
 
 from merino_edge.bundle import Bundle
 from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
-from merino_edge.runtime.backend import Backend, logits_columns, place_rows, positions_from_mask
+from merino_edge.runtime.backend import Backend, log, logits_columns, place_rows, positions_from_mask
 
 _SHORT_PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
@@ -86,7 +86,7 @@ class OrtBackend(Backend):
         self.provider = resolve_provider(provider)
         self.device = _DEVICE_OF_PROVIDER.get(self.provider, "cpu")
         if precision is None:
-            precision = "fp16" if self.device == "cuda" and "fp16" in bundle.precisions else bundle.precisions[0]
+            precision = self._auto_precision(bundle)
         self.precision = precision
         if threads is not None and threads < 1:
             raise InputError(f"threads: must be at least 1, got {threads}")
@@ -109,6 +109,14 @@ class OrtBackend(Backend):
         self._batch: _KVBuffers | None = None
         self._side: _KVBuffers | None = None
         self._decode_logits = np.empty((self.max_batch, self.vocab_size), np.float32)
+
+    def _auto_precision(self, bundle: Bundle) -> str:
+        """fp16 on a GPU where the bundle has it; on a CPU the smallest graph within its stored quality bound."""
+        if self.device == "cuda":
+            return "fp16" if "fp16" in bundle.precisions else bundle.precisions[0]
+        precision, reason = bundle.cpu_precision()
+        log.info("precision auto: %s (%s)", precision, reason)
+        return precision
 
     def _check_graph(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
