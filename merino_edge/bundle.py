@@ -7,6 +7,7 @@ Layout (one of the files between stages, docs/architecture.md)::
       tokenizer.model        SentencePiece model
       model.onnx             FP32 graph   + model.onnx.data       (its weights, external data)
       model.fp16.onnx        FP16 graph   + model.fp16.onnx.data  (optional)
+      model.int8.onnx        weight-only int8 graph for ONNX Runtime on a CPU (optional; int4 likewise)
       engines/...            TensorRT engines, added on the board by `merino-edge build`
 
 Every file the manifest names carries its sha256; `Bundle.load` checks them all
@@ -40,8 +41,10 @@ SCHEMA_VERSION = 1
 FORMAT = "merino-edge-bundle"
 MANIFEST = "manifest.json"
 TOKENIZER_FILE = "tokenizer.model"
-GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx"}
+GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.int8.onnx", "int4": "model.int4.onnx"}
 PRECISIONS = tuple(GRAPH_FILES)
+QUANTIZED = ("int8", "int4")
+CPU_PRECISIONS = ("int4", "int8", "fp32")  # the graphs ONNX Runtime runs on a CPU, smallest first
 DEFAULT_MAX_BATCH = 8
 
 
@@ -94,7 +97,7 @@ class Manifest:
     """What `manifest.json` holds.  `files` maps every file name in the bundle to its sha256."""
 
     arch: ArchSpec
-    graphs: dict[str, dict]  # precision -> {"file", "data_file", "opset", "io_dtype"}
+    graphs: dict[str, dict]  # precision -> {"file", "data_file", "opset", "io_dtype"} (+ "quantization", "quality" for int8/int4)
     files: dict[str, str]  # relative path -> sha256
     max_context: int
     max_batch: int
@@ -154,6 +157,11 @@ class Manifest:
             raise InputError(f"{MANIFEST}: missing field {exc}") from None
         except (TypeError, ValueError, AttributeError) as exc:
             raise InputError(f"{MANIFEST}: malformed ({exc})") from None
+
+    def record_graph(self, precision: str, entry: dict, hashes: dict[str, str]) -> None:
+        """Add (or replace) a graph: its manifest entry and the sha256 of its files."""
+        self.graphs[precision] = entry
+        self.files.update(hashes)
 
     def record_engine(self, name: str, file: str, sha256: str, precision: str, record: dict) -> None:
         """Add (or replace) a built engine: its file, hash and build record."""
@@ -255,8 +263,21 @@ class Bundle:
 
     def onnx_path(self, precision: str = "fp32") -> Path:
         if precision not in self.manifest.graphs:
-            raise InputError(f"bundle {self.path} has no {precision} graph (it has: {', '.join(self.precisions) or 'none'})")
+            hint = f"; `merino-edge quantize {self.path} --{precision}` adds one" if precision in QUANTIZED else ""
+            raise InputError(f"bundle {self.path} has no {precision} graph (it has: {', '.join(self.precisions) or 'none'}){hint}")
         return self.path / self.manifest.graphs[precision]["file"]
+
+    def cpu_precision(self) -> tuple[str, str]:
+        """The graph `auto` runs on a CPU, and why: the smallest whose measured quality loss is within its stored bound."""
+        skipped = []
+        for precision in (p for p in CPU_PRECISIONS if p in self.manifest.graphs):
+            quality = self.manifest.graphs[precision].get("quality")
+            if precision not in QUANTIZED:
+                return precision, "; ".join([*skipped, f"{precision}: not quantized"])
+            if quality and quality["increase"] <= quality["max_increase"]:
+                return precision, "; ".join([*skipped, f"{precision}: perplexity {quality['increase']:+.2%}, within its {quality['max_increase']:.0%} bound"])
+            skipped.append(f"{precision}: perplexity {quality['increase']:+.2%}, over its {quality['max_increase']:.0%} bound" if quality else f"{precision}: quality not measured")
+        return self.precisions[0], f"no CPU graph in the bundle; {self.precisions[0]}"
 
     @property
     def engine_record(self) -> dict | None:

@@ -242,18 +242,76 @@ def _add_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-context", type=int, help="longest prompt + completion in tokens (default: the model's max positions)")
     p.add_argument("--max-prompt", type=int, help="longest prompt in tokens (default: the max context)")
     p.add_argument("--max-batch", type=int, default=8, help="largest batch")
+    p.add_argument(
+        "--quantize", action="append", choices=["int8", "int4"], default=[],
+        help="also a weight-only int8 / int4 graph for ONNX Runtime on a CPU (repeatable)",
+    )  # fmt: skip
+    _add_eval_data_flag(p)
     p.add_argument("--force", action="store_true", help="replace an existing bundle at --out")
 
 
-def _run_export(args: argparse.Namespace) -> int:
-    from merino_edge.export.package import export_bundle
+def _add_eval_data_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--eval-data", nargs="+", default=[], metavar="PATH",
+        help="held-out text for the quantized graphs' perplexity: a prepared shard dir or text files (default: the checkpoint's data/ validation split)",
+    )  # fmt: skip
 
-    bundle = export_bundle(
-        args.checkpoint, args.out, fp32=args.fp32, fp16=args.fp16, max_context=args.max_context,
-        max_prompt=args.max_prompt, max_batch=args.max_batch, overwrite=args.force,
-    )
+
+def _print_bundle(bundle) -> None:
     size = sum((bundle.path / name).stat().st_size for name in bundle.manifest.files)
     print(f"bundle {bundle.path}: {bundle.arch.short()}, graphs {', '.join(bundle.precisions)}, max context {bundle.max_context}, {size / 2**20:.1f} MiB")
+    for precision, graph in bundle.manifest.graphs.items():
+        if "quality" in graph:
+            q = graph["quality"]
+            weights = (bundle.path / graph["data_file"]).stat().st_size
+            print(
+                f"  {precision}: {weights / 2**20:.1f} MiB of weights, held-out perplexity {q['perplexity']:.3f} vs fp32 {q['fp32_perplexity']:.3f}"
+                f" ({q['increase']:+.2%}, bound {q['max_increase']:.0%}) on {q['tokens']:,} tokens"
+            )
+
+
+def _held_out(ckpt, tokenizer_path, eval_data):
+    """Held-out token windows (and their source) for the quantized graphs' perplexity."""
+    from pathlib import Path
+
+    from merino_edge.export.quality import EVAL_SEQ_LEN, EVAL_TOKENS
+    from merino_edge.tokenizer import Tokenizer
+    from merino_edge.training.data import held_out_windows
+
+    return held_out_windows(Path(ckpt), Tokenizer(tokenizer_path), eval_data, seq_len=EVAL_SEQ_LEN, tokens=EVAL_TOKENS)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from merino_edge.export.package import export_bundle
+
+    held_out = _held_out(args.checkpoint, Path(args.checkpoint) / "tokenizer.model", args.eval_data) if args.quantize else None
+    bundle = export_bundle(
+        args.checkpoint, args.out, fp32=args.fp32, fp16=args.fp16, quantize=args.quantize, held_out=held_out,
+        max_context=args.max_context, max_prompt=args.max_prompt, max_batch=args.max_batch, overwrite=args.force,
+    )  # fmt: skip
+    _print_bundle(bundle)
+    return 0
+
+
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    p.add_argument("bundle", help="bundle directory with an fp32 graph")
+    p.add_argument("--int8", dest="precisions", action="append_const", const="int8", help="add the weight-only int8 graph")
+    p.add_argument("--int4", dest="precisions", action="append_const", const="int4", help="add the weight-only int4 graph")
+    _add_eval_data_flag(p)
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from merino_edge.bundle import Bundle
+    from merino_edge.export.quantize import quantize_bundle
+
+    if not args.precisions:
+        raise MerinoError("quantize: say which graphs to add: --int8 and/or --int4")
+    bundle = Bundle.load(args.bundle)
+    held_out = _held_out(bundle.manifest.source.get("checkpoint", ""), bundle.tokenizer_path, args.eval_data)
+    _print_bundle(quantize_bundle(bundle.path, args.precisions, held_out, progress=args.progress))
     return 0
 
 
@@ -262,7 +320,14 @@ def _add_runtime_flags(p: argparse.ArgumentParser, threads: int | None) -> None:
     p.add_argument("--backend", default="auto", choices=["auto", "ort", "tensorrt", "torch"], help="inference backend")
     p.add_argument("--threads", type=int, default=threads, help="CPU threads" + ("" if threads else " (default: all cores)"))
     p.add_argument("--provider", help="ONNX Runtime execution provider, e.g. cpu or cuda (default cpu)")
-    p.add_argument("--precision", choices=["fp32", "fp16"], help="which graph to run (default: fp32 on CPU)")
+    _add_precision_flag(p)
+
+
+def _add_precision_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--precision", choices=["auto", "fp32", "fp16", "int8", "int4"], default="auto",
+        help="which graph to run (auto: fp16 on a GPU; on a CPU the smallest graph within the quality bound stored in the bundle)",
+    )  # fmt: skip
 
 
 def _add_generate(p: argparse.ArgumentParser) -> None:
@@ -339,6 +404,7 @@ def _run_build(args: argparse.Namespace) -> int:
 def _add_doctor(p: argparse.ArgumentParser) -> None:
     p.add_argument("bundle", nargs="?", default=None, help="also say whether this bundle's TensorRT engine runs here")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
+    _add_precision_flag(p)
 
 
 def _run_doctor(args: argparse.Namespace) -> int:
@@ -346,12 +412,22 @@ def _run_doctor(args: argparse.Namespace) -> int:
 
     from merino_edge.runtime.doctor import run_doctor
 
-    report = run_doctor(args.bundle)
+    report = run_doctor(args.bundle, precision=args.precision)
     print(json.dumps(report.to_json(), indent=2) if args.json else report.render())
     return 0
 
 
 # ------------------------------------------------- serve / chat / complete
+
+
+def _parallel(text: str) -> int | None:
+    """--parallel: 'auto' (None: the server picks) or a whole number."""
+    if text == "auto":
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is neither 'auto' nor a whole number") from None
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:
@@ -365,7 +441,13 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None, help="key TCP clients must send as 'Authorization: Bearer KEY' (default $MERINO_EDGE_API_KEY)")
     p.add_argument("--backend", default="auto", choices=["auto", "ort", "tensorrt", "torch"], help="inference backend")
     p.add_argument("--threads", type=int, default=None, metavar="N", help="CPU threads of the ONNX Runtime backend")
-    p.add_argument("--queue-size", type=int, default=32, metavar="N", help="requests that may wait while one generates; more get 429")
+    _add_precision_flag(p)
+    p.add_argument("--queue-size", type=int, default=32, metavar="N", help="requests that may wait while --parallel ones generate; more get 429")
+    p.add_argument("--parallel", type=_parallel, default="auto", metavar="N",
+                   help="sequences that decode together, each with its own KV-cache slot (auto: as many as a quarter of the free memory "
+                        "holds at the bundle's full context, at most 8 and the bundle's max batch; printed at start; 1 serves requests in turn)")
+    p.add_argument("--prefix-cache-mib", type=float, default=64, metavar="MIB",
+                   help="memory for the K/V of recent prompts, so a prompt that starts the same way prefills only the rest (0: off)")
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body in bytes; larger get 413")
     p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S", help="seconds running requests may finish after SIGTERM")
     limits = ConnectionLimits()
@@ -388,7 +470,10 @@ def _run_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key,
         backend=args.backend,
         threads=args.threads,
+        precision=args.precision,
         queue_size=args.queue_size,
+        parallel=args.parallel,
+        prefix_cache_mib=args.prefix_cache_mib,
         max_body_bytes=args.max_body_bytes,
         shutdown_grace=args.shutdown_grace,
         limits=ConnectionLimits(args.max_connections, args.header_timeout, args.body_timeout, args.idle_timeout),
@@ -630,6 +715,7 @@ COMMANDS = [
     ("tokenizer", "train a SentencePiece tokenizer", _add_tokenizer, _run_tokenizer),
     ("train", "train a MeRino model from an arch.json", _add_train, _run_train),
     ("export", "export a checkpoint to an ONNX bundle with a KV cache", _add_export, _run_export),
+    ("quantize", "add weight-only int8 / int4 graphs (ONNX Runtime, CPU) to a bundle", _add_quantize, _run_quantize),
     ("build", "compile a bundle's ONNX graph into a TensorRT FP16 engine (on the board)", _add_build, _run_build),
     ("generate", "generate text from a bundle", _add_generate, _run_generate),
     ("bench", "time a bundle: time to first token, prefill and decode tokens/s, memory", _add_bench, _run_bench),

@@ -76,6 +76,7 @@ class Quickstart:
             "checkpoint": self.dir / "checkpoint",
             "bundle": self.dir / "bundle",
             "socket": self.dir / "api.sock",
+            "server log": self.dir / "serve.log",
         }
         self.facts: dict = {}
 
@@ -214,9 +215,12 @@ class Quickstart:
         sock = self.paths["socket"]
         cmd = [sys.executable, "-m", "merino_edge.cli", "serve", str(self.paths["bundle"]), "--socket", str(sock), "--metrics-addr", "127.0.0.1:0"]
         _say(f"serve: {' '.join(shlex.quote(c) for c in cmd[2:])}")
-        server = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # The server's log goes to a file: a pipe nobody reads would block it once full.
+        log_path = self.paths["server log"]
+        with log_path.open("w") as log:
+            server = subprocess.Popen(cmd, stderr=log, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         try:
-            client = _wait_ready(sock, server)
+            client = _wait_ready(sock, server, log_path)
             _say(f"complete: {self.cfg.prompt!r} through {sock}")
             start = time.perf_counter()
             pieces = []
@@ -235,8 +239,8 @@ class Quickstart:
                 server.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 server.kill()
-            if server.returncode not in (0, -15) and server.stderr is not None:
-                sys.stderr.write(server.stderr.read())
+            if server.returncode not in (0, -15):
+                sys.stderr.write(log_path.read_text())
         if sock.exists():
             raise InputError(f"the server left its socket {sock} behind")
 
@@ -279,14 +283,14 @@ def _has_tensorrt() -> bool:
     return importlib.util.find_spec("tensorrt") is not None
 
 
-def _wait_ready(sock: Path, server: subprocess.Popen, timeout: float = 180.0):
+def _wait_ready(sock: Path, server: subprocess.Popen, log_path: Path, timeout: float = 180.0):
     """An ApiClient once the server answers /health with 200; InputError if it dies or never does."""
     from merino_edge.runtime.client import ApiClient
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            raise InputError(f"the server exited with status {server.returncode}: {server.stderr.read().strip()[-500:]}")
+            raise InputError(f"the server exited with status {server.returncode}: {log_path.read_text().strip()[-500:]}")
         if sock.exists():
             client = ApiClient(sock)
             try:

@@ -11,9 +11,11 @@ from __future__ import annotations
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
 from merino_edge import __version__
@@ -29,6 +31,7 @@ from merino_edge.bundle import (
 )
 from merino_edge.errors import InputError
 from merino_edge.export.onnx import export_onnx  # checks the operators too
+from merino_edge.export.quantize import quantized_graphs
 from merino_edge.fileio import write_json_atomic
 from merino_edge.model import MeRinoConfig
 from merino_edge.tokenizer import Tokenizer
@@ -73,6 +76,8 @@ def export_bundle(
     *,
     fp32: bool = True,
     fp16: bool = False,
+    quantize: Sequence[str] = (),
+    held_out: tuple[np.ndarray, str] | None = None,
     max_context: int | None = None,
     max_batch: int = DEFAULT_MAX_BATCH,
     max_prompt: int | None = None,
@@ -84,11 +89,18 @@ def export_bundle(
     """Export a checkpoint directory to a bundle: ONNX graph(s), tokenizer, manifest.
 
     `max_context` defaults to the arch's max positions; `max_prompt` to `max_context`.
+    `quantize`: "int8" and/or "int4" graphs made from the fp32 one, their
+    perplexity measured on `held_out` (token windows and where they came
+    from, `merino_edge.training.data.held_out_windows`; see `merino_edge.export.quality`).
     """
     ckpt, out = Path(ckpt_dir), Path(out_dir)
     precisions = [p for p, wanted in (("fp32", fp32), ("fp16", fp16)) if wanted]
     if not precisions:
         raise InputError("export: nothing to export (neither fp32 nor fp16 asked for)")
+    if quantize and not fp32:
+        raise InputError("export: --quantize makes its graphs from the fp32 graph; drop --no-fp32")
+    if quantize and held_out is None:
+        raise InputError("export: --quantize needs held-out tokens to measure the quantized graphs on")
     _check_checkpoint(ckpt)
     arch = MeRinoConfig.from_pretrained(str(ckpt)).to_arch()
     max_context = arch.max_positions if max_context is None else max_context
@@ -118,6 +130,8 @@ def export_bundle(
             "opset": opset,
             "io_dtype": {"kv": "float16" if precision == "fp16" else "float32", "logits": "float32"},
         }
+    if quantize:
+        graphs.update(quantized_graphs(out, graphs["fp32"], quantize, *held_out, max_context=max_context, progress=progress))
     files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
     hashes = {name: file_sha256(out / name) for name in tqdm(files, desc="sha256", unit="file", disable=not progress, file=sys.stderr)}
     manifest = Manifest(

@@ -1,24 +1,51 @@
 """The backend interface every inference engine implements, and `create_backend`.
 
 A backend runs the bundle's one graph (its contract: `export/onnx.py`) and keeps the
-KV cache of one batch between calls.  The generator drives it:
+KV cache of one batch between calls.  The generator drives it in one of two ways.
+A padded batch, all rows starting together:
 
     logits = backend.prefill(input_ids, attention_mask)   # [b, V]: each row's last real token
     logits = backend.decode(next_ids)                     # [b, V]: one new token per row
-    ...
     backend.reset()                                       # forget the cache
 
-`Backend` does the bookkeeping (attention mask, position ids, past length, the
-context limit) once for every engine; an engine subclasses it and implements
-three methods:
+or continuous batching, rows joining and leaving between steps:
 
-    _forward(input_ids, position_ids, attention_mask, last) -> logits [b, V]
+    backend.open_slots(n)                                 # KV cache for n sequences, allocated once
+    logits = backend.join(prompt_ids, prefix_cache)       # [V]: prefill one sequence alone, add it as the last row
+    logits = backend.decode(next_ids)                     # [rows, V]: one graph call for every row
+    order = backend.leave([2])                            # drop row 2 (the last row moves into its place)
+
+In slot mode every row's tokens are right-aligned: row r holds its own
+`lengths[r]` tokens in the last columns of the cache, the columns before them
+are zeros hidden by the attention mask, and its positions count its own tokens
+only, so a row computes what it would alone.  Joining and leaving rewrite the
+cache's changed rows in place, or, when the columns change, the whole cache
+into the other of its two preallocated buffers (`place_rows`); decode steps
+append as before.
+
+`Backend` does the bookkeeping (attention mask, position ids, past length, the
+context limit, the row layout) once for every engine; an engine subclasses it
+and implements:
+
+    _forward(input_ids, position_ids, attention_mask, last, side=False) -> logits [b, V]
         Run input_ids [b, s] against the cached past (past length =
         attention_mask.shape[1] - s, 0 right after `_reset`), append the new
         K/V to the cache and return the logits at column `last[r]` of each row r,
         computing the head only at those columns (`logits_columns`; the graph's
         `logits_to_keep` input) so that a long prompt costs no [s, V] tensor.
+        side=True runs one row on the side cache, where `join` prefills.
     _reset()        drop the cache.
+    _allocate(rows) preallocate the batch cache for `rows` rows and a one-row side cache.
+    _relayout(placements, rows, past, in_place)
+        Make the batch cache `rows` rows of `past` columns: for each (k,
+        from_side, r, n) in placements, row k becomes the last n tokens of row
+        r of the batch cache (or of the side cache), right-aligned, zeros
+        before.  in_place: the columns stay and only these rows are written,
+        in the cache itself (sources never overlap targets); else every row is
+        in `placements`, written into the spare buffer.
+    _side_kv(), _set_side_kv(arrays)   (only where `prefix_reuse`)
+        Host copies of the side cache's K/V ([1, heads, length, head_dim] per
+        cache tensor, graph order), and putting such copies back as its past.
     score(input_ids, attention_mask) -> logits [b, s, V]
         Full-sequence logits without touching the cache (lm-eval).
 
@@ -60,16 +87,32 @@ class Backend(ABC):
     max_batch: int
     vocab_size: int
 
+    prefix_reuse: bool = True  # whether `join` may start from a prefix cache's K/V
+    slots: int = 0  # rows `open_slots` allocated for
+
     _mask: np.ndarray | None = None  # [b, past] int64: the attention mask so far
     _next_position: np.ndarray | None = None  # [b] int64
+    _side_length: int = 0  # tokens in the side cache
 
     # ------------------------------------------------------------- engine API
 
     @abstractmethod
-    def _forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, last: np.ndarray) -> np.ndarray: ...
+    def _forward(self, input_ids: np.ndarray, position_ids: np.ndarray, attention_mask: np.ndarray, last: np.ndarray, side: bool = False) -> np.ndarray: ...
 
     @abstractmethod
     def _reset(self) -> None: ...
+
+    @abstractmethod
+    def _allocate(self, rows: int) -> None: ...
+
+    @abstractmethod
+    def _relayout(self, placements: list[tuple[int, bool, int, int]], rows: int, past: int, in_place: bool) -> None: ...
+
+    def _side_kv(self) -> list[np.ndarray]:
+        raise NotImplementedError(f"the {self.name} backend does not reuse prefixes")
+
+    def _set_side_kv(self, arrays: list[np.ndarray]) -> None:
+        raise NotImplementedError(f"the {self.name} backend does not reuse prefixes")
 
     @abstractmethod
     def score(self, input_ids: np.ndarray, attention_mask: np.ndarray | None = None) -> np.ndarray:
@@ -112,6 +155,8 @@ class Backend(ABC):
         b = ids.shape[0]
         if b != self.batch_size:
             raise InputError(f"decode got {b} tokens for a batch of {self.batch_size}")
+        if self.slots and self.past_length + 1 > self.max_context:  # padding columns fill the context: drop them
+            self._lay_out([(False, r) for r in range(b)], self.lengths)
         if self.past_length + 1 > self.max_context:
             raise InputError(f"context full: {self.past_length} tokens already, the limit is {self.max_context}")
         mask = np.concatenate([self._mask, np.ones((b, 1), np.int64)], axis=1)
@@ -120,6 +165,84 @@ class Backend(ABC):
         self._mask = mask
         self._next_position = self._next_position + 1
         return logits
+
+    # ------------------------------------------------ continuous batching API
+
+    def open_slots(self, slots: int) -> None:
+        """Allocate the cache for `slots` sequences decoding together (once) and start with no rows."""
+        if not 1 <= slots <= self.max_batch:
+            raise InputError(f"parallel: must be 1..{self.max_batch} (this backend's max batch), got {slots}")
+        self.reset()
+        self._allocate(slots)
+        self.slots = slots
+
+    @property
+    def lengths(self) -> list[int]:
+        """Tokens of each row (slot mode)."""
+        return [] if self._mask is None else [int(n) for n in self._mask.sum(axis=1)]
+
+    def join(self, prompt_ids, prefix_cache=None) -> np.ndarray:
+        """Prefill one sequence alone and add it as the last row; its logits [V] at the last prompt token.
+
+        With a `PrefixCache` the prefill starts after the longest cached prefix
+        of the prompt (at least one token is always run), and the prompt's K/V
+        is offered to the cache afterwards.
+        """
+        ids = self._check_ids(np.asarray(prompt_ids).reshape(1, -1))[0]
+        rows, n = self.batch_size, len(ids)
+        if rows >= self.slots:
+            raise InputError(f"all {self.slots} slots are in use")
+        if n >= self.max_context:
+            raise InputError(f"prompt of {n} tokens leaves no room in the context of {self.max_context}")
+        reuse = prefix_cache is not None and self.prefix_reuse
+        start = 0
+        if reuse and (hit := prefix_cache.lookup(ids)) is not None:
+            start, kv = hit
+            self._set_side_kv(kv)
+        logits = self._forward(ids[None, start:], np.arange(start, n, dtype=np.int64)[None], np.ones((1, n), np.int64), np.array([n - start - 1]), side=True)
+        self._side_length = n
+        if reuse:
+            prefix_cache.store(ids, self._side_kv)
+        self._lay_out([*((False, r) for r in range(rows)), (True, 0)], [*self.lengths, n])
+        return logits[0]
+
+    def leave(self, rows) -> list[int]:
+        """Drop these rows (slot mode); the last rows move into the holes.
+
+        Returns the old index of every row that stays, in the new order.
+        """
+        gone, b = set(rows), self.batch_size
+        if not gone <= set(range(b)):
+            raise InputError(f"leave: rows {sorted(gone)} are not all in a batch of {b}")
+        keep = b - len(gone)
+        movers = iter([r for r in range(keep, b) if r not in gone])
+        order = [next(movers) if r in gone else r for r in range(keep)]
+        if not order:
+            self.reset()
+        else:
+            lengths = self.lengths
+            self._lay_out([(False, r) for r in order], [lengths[r] for r in order])
+        return order
+
+    def _lay_out(self, sources: list[tuple[bool, int]], lengths: list[int]) -> None:
+        """Make row k of the batch row r of the batch (or of the side cache, for (True, 0)), for (from_side, r) = sources[k].
+
+        Rows that stay where they are are not touched and only new or moved
+        rows are written, unless the columns change: they grow for a longer
+        newcomer, and shrink to the longest row once a quarter of them is
+        padding no row needs (or the context is full); then the whole cache
+        is rewritten into the spare buffer.
+        """
+        past, longest = self.past_length, max(lengths)
+        rewrite = longest > past or (past - longest) * 4 > past or past >= self.max_context
+        if rewrite:
+            past = longest
+        placements = [(k, from_side, r, n) for k, ((from_side, r), n) in enumerate(zip(sources, lengths, strict=True))
+                      if rewrite or from_side or r != k]
+        self._relayout(placements, len(sources), past, in_place=not rewrite)
+        n = np.array(lengths, np.int64)
+        self._mask = (np.arange(past)[None, :] >= past - n[:, None]).astype(np.int64)
+        self._next_position = n
 
     def _check_ids(self, input_ids) -> np.ndarray:
         ids = np.ascontiguousarray(input_ids, dtype=np.int64)
@@ -145,6 +268,14 @@ class Backend(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(precision={self.precision!r}, max_context={self.max_context}, max_batch={self.max_batch})"
+
+
+def place_rows(dst: np.ndarray, placements: list[tuple[int, np.ndarray, int, int]]) -> None:
+    """dst [b, heads, past, d]: row k = the last n columns of src[row], right-aligned, zeros before, for each (k, src, row, n)."""
+    past = dst.shape[2]
+    for k, src, row, n in placements:
+        dst[k, :, : past - n] = 0
+        dst[k, :, past - n :] = src[row, :, src.shape[2] - n :]
 
 
 def logits_columns(last: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -180,9 +311,13 @@ def create_backend(bundle, name: str = "auto", *, threads: int | None = None, pr
     name: "auto" (TensorRT when the bundle has an engine and TensorRT is
     installed, else ONNX Runtime, with a logged notice), "ort", "tensorrt" or
     "torch" (the PyTorch reference; needs torch and the source checkpoint).
+    precision: a graph of the bundle, or "auto" / None: the engine's choice
+    (ONNX Runtime on a CPU: the smallest graph within its stored quality bound,
+    `Bundle.cpu_precision`).
     """
     if not isinstance(bundle, Bundle):
         bundle = Bundle.load(Path(bundle))
+    precision = None if precision == "auto" else precision
     if name != "auto" and name not in BACKENDS:
         raise InputError(f"backend {name!r}: choose one of auto, {', '.join(BACKENDS)}")
     if name == "auto":

@@ -19,7 +19,7 @@ from merino_edge.errors import InputError
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    """Defaults sized for a board: a few local clients, one generation at a time, LimitNOFILE=4096."""
+    """Defaults sized for a board: a few local clients, a few generations at a time, LimitNOFILE=4096."""
 
     max_connections: int = 64  # open connections; a request beyond them gets 503
     header_timeout: float = 10.0  # seconds from connecting (or the previous answer) to a complete request head

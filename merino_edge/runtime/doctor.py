@@ -38,6 +38,7 @@ class DoctorReport:
     findings: list[Finding] = field(default_factory=list)
     backend: str = "ort"  # what `serve --backend auto` picks
     reason: str = ""
+    precision: str | None = None  # the graph it runs there (with a bundle)
     schema_version: int = SCHEMA_VERSION
 
     def add(self, topic: str, detail: str, ok: bool = True) -> None:
@@ -52,12 +53,14 @@ class DoctorReport:
             "findings": [f.to_json() for f in self.findings],
             "backend": self.backend,
             "reason": self.reason,
+            "precision": self.precision,
         }
 
     def render(self) -> str:
         width = max(len(f.topic) for f in self.findings)
         lines = [f"{'ok ' if f.ok else '-- '} {f.topic:<{width}}  {f.detail}" for f in self.findings]
-        lines.append(f"serve picks: {self.backend} ({self.reason})")
+        graph = f", {self.precision} graph" if self.precision else ""
+        lines.append(f"serve picks: {self.backend}{graph} ({self.reason})")
         return "\n".join(lines)
 
 
@@ -157,8 +160,21 @@ def _pick(report: DoctorReport, trt, missing: str, bundle: str | Path | None) ->
     report.backend, report.reason = "tensorrt", f"{bundle} has an engine built on this machine"
 
 
-def run_doctor(bundle: str | Path | None = None) -> DoctorReport:
-    """Look at this machine (and, if given, whether it can run `bundle`'s engine)."""
+def _pick_graph(report: DoctorReport, bundle: str | Path, precision: str | None) -> None:
+    """The graph ONNX Runtime would run on this CPU: the one asked for, or `auto`'s choice and why."""
+    from merino_edge.bundle import Bundle
+
+    loaded = Bundle.load(bundle, verify=False)
+    if precision not in (None, "auto"):
+        loaded.onnx_path(precision)  # a graph the bundle lacks is an input error
+        report.precision = precision
+        return
+    report.precision, why = loaded.cpu_precision()
+    report.add("cpu graph", f"{report.precision} ({why})")
+
+
+def run_doctor(bundle: str | Path | None = None, precision: str | None = None) -> DoctorReport:
+    """Look at this machine (and, if given, whether it can run `bundle`'s engine, and which graph ONNX Runtime runs)."""
     from merino_edge.jetson.board import detect_board
     from merino_edge.runtime.backends.cuda_memory import available_cuda_bindings
 
@@ -186,4 +202,6 @@ def run_doctor(bundle: str | Path | None = None) -> DoctorReport:
     torch_version = _version("torch")
     report.add("torch", f"{torch_version} (training and export only; serving never imports it)" if torch_version else "not installed (not needed to serve)")
     _pick(report, trt, missing, bundle)
+    if bundle is not None and report.backend == "ort":
+        _pick_graph(report, bundle, precision)
     return report

@@ -1,4 +1,4 @@
-"""Text generation with a KV cache on any backend: one prompt, a stream, or a padded batch.
+"""Text generation with a KV cache on any backend: one prompt, a stream, a padded batch, or a continuous batch.
 
 A prompt is a string (encoded without special tokens; an empty prompt starts
 from eos, the document separator the model was trained with) or a list of
@@ -12,6 +12,10 @@ backend's context is refused before anything runs.
 Batches are padded (left by default, or right) with an attention mask and
 position ids counting real tokens only, so every row generates what it would
 alone; each row has its own sampler, seeded with `params.seed`.
+
+`ContinuousBatch` is what the server runs: sequences with their own
+parameters join (each prefilled alone) and leave between decode steps, and
+every step advances all of them in one graph call (the backend's slot mode).
 """
 
 from __future__ import annotations
@@ -162,15 +166,20 @@ class Generator:
             results.extend(row.completion(started) for row in rows)
         return results
 
-    def _start(self, prompts: list[list[int]], params: SamplingParams, padding_side: str) -> tuple[list[_Row], np.ndarray, np.ndarray]:
-        """Check the batch against the context and lay it out: rows, padded ids, attention mask."""
+    def _rows(self, prompts: list[list[int]], params: SamplingParams) -> list[_Row]:
+        """One row per prompt, after checking the longest against the context."""
         longest = max(len(p) for p in prompts)
         if longest + params.max_tokens > self.backend.max_context:
             raise InputError(
                 f"prompt of {longest} tokens + max_tokens {params.max_tokens} = {longest + params.max_tokens} exceeds the context of {self.backend.max_context} tokens"
             )
         stop_ids = frozenset(params.stop_token_ids) | (frozenset() if params.ignore_eos else {self.tokenizer.eos_id})
-        rows = [_Row(p, params, stop_ids, self.backend.vocab_size, self.tokenizer) for p in prompts]
+        return [_Row(p, params, stop_ids, self.backend.vocab_size, self.tokenizer) for p in prompts]
+
+    def _start(self, prompts: list[list[int]], params: SamplingParams, padding_side: str) -> tuple[list[_Row], np.ndarray, np.ndarray]:
+        """Check the batch against the context and lay it out: rows, padded ids, attention mask."""
+        rows = self._rows(prompts, params)
+        longest = max(len(p) for p in prompts)
         ids = np.full((len(prompts), longest), self.tokenizer.pad_id, np.int64)
         mask = np.zeros_like(ids)
         for i, p in enumerate(prompts):
@@ -195,6 +204,66 @@ class Generator:
                 logits = backend.decode(np.array([row.token_ids[-1] for row in rows], np.int64))
         finally:
             backend.reset()
+
+
+class ContinuousBatch:
+    """Up to `slots` sequences decoding together; each joins after its prefill and leaves when it ends.
+
+    `add` prefills a prompt alone (after the longest prefix `prefix_cache`
+    holds) and samples its first token; an unfinished sequence joins the rows.
+    `step` advances every row by one token in one graph call.  A row that ends
+    (stop, length, or `params.should_stop()` turning true: "cancelled") leaves
+    in the same step and frees its slot.  Not thread-safe: one thread drives it.
+    """
+
+    def __init__(self, generator: Generator, slots: int, prefix_cache=None):
+        self.generator = generator
+        self.backend = generator.backend
+        self.prefix_cache = prefix_cache
+        self.backend.open_slots(slots)
+        self.slots = slots
+        self.rows: list[_Row] = []
+
+    @property
+    def free(self) -> int:
+        return self.slots - len(self.rows)
+
+    def add(self, prompt: str | Sequence[int], params: SamplingParams) -> tuple[_Row, Piece]:
+        """Start a sequence: its row and first piece.  Bad input raises before anything runs."""
+        if not self.free:
+            raise InputError(f"all {self.slots} slots are in use")
+        ids = self.generator.encode(prompt)
+        (row,) = self.generator._rows([ids], params)
+        logits = self.backend.join(ids, self.prefix_cache)
+        piece = row.step(logits, time.perf_counter())
+        self.rows.append(row)
+        if row.finish_reason is not None:
+            self._leave([row])
+        return row, piece
+
+    def step(self) -> list[tuple[_Row, Piece]]:
+        """One token for every row: (row, piece) pairs, cancelled rows first."""
+        now = time.perf_counter()
+        cancelled = [row for row in self.rows if row.params.should_stop is not None and row.params.should_stop()]
+        out = [(row, row.cancel(now)) for row in cancelled]
+        self._leave(cancelled)
+        if self.rows:
+            logits = self.backend.decode(np.array([row.token_ids[-1] for row in self.rows], np.int64))
+            now = time.perf_counter()
+            out += [(row, row.step(logits[i], now)) for i, row in enumerate(self.rows)]
+            self._leave([row for row in self.rows if row.finish_reason is not None])
+        return out
+
+    def clear(self) -> None:
+        """Forget every row (after a failed step)."""
+        self.rows = []
+        self.backend.reset()
+
+    def _leave(self, rows: list[_Row]) -> None:
+        if rows:
+            gone = {id(row) for row in rows}
+            order = self.backend.leave([i for i, row in enumerate(self.rows) if id(row) in gone])
+            self.rows = [self.rows[i] for i in order]
 
 
 def _pieces(run: Iterator[list[Piece]]) -> Iterator[Piece]:

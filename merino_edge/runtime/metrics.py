@@ -29,6 +29,7 @@ OUTCOMES = ("completed", "cancelled", "invalid", "rejected", "failed")
 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 INTER_TOKEN_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.25, 0.5, 1.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)
 REQUEST_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 60.0, 120.0, 300.0)
 MIB = 1024 * 1024
 
@@ -58,7 +59,16 @@ class ServerMetrics:
         for outcome in OUTCOMES:
             self.requests.labels(outcome)  # every outcome is present from the start, at 0
         self.queue_depth = Gauge(f"{PREFIX}_queue_depth", "Requests waiting for the generator.", registry=r)
-        self.running = Gauge(f"{PREFIX}_running_requests", "Requests being generated now.", registry=r)
+        self.running = Gauge(f"{PREFIX}_running_requests", "Requests being generated now (sequences in the running batch).", registry=r)
+        self.batch_size = Histogram(
+            f"{PREFIX}_decode_batch_size", "Sequences advanced by one decode step (one graph call).", buckets=BATCH_BUCKETS, registry=r
+        )
+        self.kv_slots = Gauge(f"{PREFIX}_kv_slots", "KV-cache slots: sequences that can decode together (--parallel).", registry=r)
+        self.kv_slots_in_use = Gauge(f"{PREFIX}_kv_slots_in_use", "KV-cache slots held by running sequences.", registry=r)
+        self.prefix_hits = Counter(f"{PREFIX}_prefix_cache_hits", "Prefills that started from a cached prefix.", registry=r)
+        self.prefix_misses = Counter(f"{PREFIX}_prefix_cache_misses", "Prefills with no cached prefix to start from.", registry=r)
+        self.prefix_tokens = Counter(f"{PREFIX}_prefix_cache_reused_tokens", "Prompt tokens whose K/V came from the prefix cache.", registry=r)
+        self.prefix_bytes = Gauge(f"{PREFIX}_prefix_cache_bytes", "Memory held by the prefix cache.", registry=r)
         self.ready = Gauge(f"{PREFIX}_ready", "1 once the model is loaded and requests are served, else 0.", registry=r)
         self.info = Info(f"{PREFIX}_model", "The model being served and how.", registry=r)
 
@@ -67,6 +77,14 @@ class ServerMetrics:
 
     def outcome(self, outcome: str) -> None:
         self.requests.labels(outcome).inc()
+
+    def prefix_lookup(self, reused_tokens: int) -> None:
+        """Count one prefix-cache lookup that reused this many tokens (0: a miss)."""
+        if reused_tokens:
+            self.prefix_hits.inc()
+            self.prefix_tokens.inc(reused_tokens)
+        else:
+            self.prefix_misses.inc()
 
 
 class TegrastatsMetrics:

@@ -1,17 +1,19 @@
-"""The bounded request queue in front of the generator: requests are served in turn.
+"""The request queue in front of the generator: continuous batching over `parallel` slots.
 
-One generation runs at a time, in arrival order (FIFO), on one worker thread;
-up to `max_waiting` more requests wait behind it and any beyond that are
-refused at once (the server answers 429).  Served-in-turn rather than batched
-because on an edge board one request already keeps the memory bandwidth busy
-during decode (the bottleneck of a small model), a single KV cache at max
-context is what the board's memory is sized for, and a per-request TTFT stays
-predictable; the queue depth and wait-time metrics show when a board needs help.
+One worker thread drives a `ContinuousBatch` (generator.py).  At every step
+boundary it first admits waiting requests in arrival order (FIFO) while slots
+are free; each is prefilled alone (after the longest cached prefix) and
+streams its first token at once, so a new request waits for at most the step
+in progress and the prefills ahead of it.  Then one graph call advances every
+running sequence by a token.  A sequence that finishes, hits a stop, or is
+cancelled leaves in that step and frees its slot.  Beyond `parallel` running,
+up to `max_waiting` requests wait; any more are refused at once (the server
+answers 429).  `parallel=1` is the served-in-turn mode.
 
-The worker hands `Piece`s from `Generator.stream` to the request's asyncio
-queue as they come.  Cancelling a job (client disconnect, shutdown) removes it
-from the waiting line, or makes the running generation stop before its next
-token (`SamplingParams.should_stop`), which frees the slot at once.
+The worker hands `Piece`s to each request's asyncio queue as they come.
+Cancelling a job (client disconnect, shutdown) removes it from the waiting
+line, or makes its sequence leave at the next step boundary
+(`SamplingParams.should_stop`).
 
 Whoever ends a request counts its outcome in the metrics: the worker for jobs it
 ran, `cancel` for jobs that never started, the HTTP layer for refusals.
@@ -26,9 +28,31 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import psutil
+
 from merino_edge.errors import MerinoError
 from merino_edge.runtime.api_schema import APIError
+from merino_edge.runtime.generator import ContinuousBatch
 from merino_edge.runtime.metrics import ServerMetrics
+from merino_edge.runtime.prefix_cache import PrefixCache
+
+DEFAULT_PREFIX_CACHE_BYTES = 64 << 20
+PARALLEL_MEMORY_SHARE = 0.25  # of the memory available at start, for the default --parallel's KV cache
+DEFAULT_MAX_PARALLEL = 8
+
+
+def slot_bytes(backend, arch) -> int:
+    """KV memory one slot takes: its two buffers (past and present) at the backend's full context."""
+    value_bytes = 2 if backend.precision == "fp16" else 4
+    return 2 * backend.max_context * arch.kv_cache_bytes_per_token(value_bytes)
+
+
+def default_parallel(backend, arch, available_bytes: int | None = None) -> int:
+    """How many sequences to decode together by default: as many slots as a quarter of the
+    available memory holds at full context, at least 1, at most 8 and the backend's max batch."""
+    available = psutil.virtual_memory().available if available_bytes is None else available_bytes
+    fits = int(available * PARALLEL_MEMORY_SHARE // slot_bytes(backend, arch))
+    return max(1, min(fits, DEFAULT_MAX_PARALLEL, backend.max_batch))
 
 
 @dataclass
@@ -58,6 +82,8 @@ class Job:
         self.cancelled = threading.Event()
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue = asyncio.Queue()
+        self.started = self.first = self.last = None  # perf_counter times, set by the worker
+        self.tokens = 0
 
     def push(self, event) -> None:
         """Deliver an event to the request's coroutine (called from the worker thread)."""
@@ -66,19 +92,26 @@ class Job:
 
 
 class GenerationQueue:
-    """Served in turn: one worker thread, FIFO, at most `max_waiting` waiting requests."""
+    """Continuous batching: one worker thread, up to `parallel` running, FIFO, at most `max_waiting` waiting."""
 
-    def __init__(self, generator, sampling_params_type, metrics: ServerMetrics, max_waiting: int = 32):
+    def __init__(self, generator, sampling_params_type, metrics: ServerMetrics, max_waiting: int = 32, *, parallel: int = 1,
+                 prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES):
         if max_waiting < 0:
             raise MerinoError(f"queue size must be >= 0, got {max_waiting}")
         self.generator = generator
         self.sampling_params_type = sampling_params_type
         self.metrics = metrics
         self.max_waiting = max_waiting
+        self.parallel = parallel
+        cache = PrefixCache(prefix_cache_bytes, on_lookup=metrics.prefix_lookup) if prefix_cache_bytes > 0 else None
+        self._batch = ContinuousBatch(generator, parallel, cache)  # the worker's alone once it starts
         self._waiting: collections.deque[Job] = collections.deque()
-        self._running: Job | None = None
+        self._running: dict[int, Job] = {}  # id(row) -> job
         self._closing = False
         self._cond = threading.Condition()
+        metrics.kv_slots.set(parallel)
+        if cache is not None:
+            metrics.prefix_bytes.set_function(lambda: cache.bytes)
         self._thread = threading.Thread(target=self._work, name="merino-edge-generator", daemon=True)
         self._thread.start()
 
@@ -88,15 +121,15 @@ class GenerationQueue:
 
     @property
     def running(self) -> int:
-        return 0 if self._running is None else 1
+        return len(self._running)
 
     def submit(self, job: Job) -> None:
         """Put a job in line; APIError 429 when the line is full, 503 when shutting down."""
         with self._cond:
             if self._closing:
                 raise APIError(503, "the server is shutting down", type="server_error", code="shutting_down")
-            # An idle worker is about to take the head of the line: it may hold one more than max_waiting.
-            if len(self._waiting) >= self.max_waiting + (self._running is None):
+            # Free slots are about to take the head of the line: it may hold that many more than max_waiting.
+            if len(self._waiting) >= self.max_waiting + max(0, self.parallel - len(self._running)):
                 raise APIError(
                     429, f"the request queue is full ({self.max_waiting} waiting); retry later", type="rate_limit_error", code="queue_full"
                 )
@@ -105,7 +138,7 @@ class GenerationQueue:
             self._cond.notify()
 
     def cancel(self, job: Job) -> None:
-        """Stop a job: drop it from the line, or stop its running generation before the next token."""
+        """Stop a job: drop it from the line, or make its sequence leave at the next step."""
         with self._cond:
             if job.cancelled.is_set():
                 return
@@ -117,13 +150,13 @@ class GenerationQueue:
                 job.push(Done("cancelled", 0))
 
     def close(self, timeout: float = 10.0) -> None:
-        """Refuse new jobs, end waiting ones (503), cancel the running one, and stop the worker."""
+        """Refuse new jobs, end waiting ones (503), cancel the running ones, and stop the worker."""
         with self._cond:
             self._closing = True
             waiting, self._waiting = list(self._waiting), collections.deque()
             self.metrics.queue_depth.set(0)
-            if self._running is not None:
-                self._running.cancelled.set()
+            for job in self._running.values():
+                job.cancelled.set()
             self._cond.notify_all()
         for job in waiting:
             job.cancelled.set()
@@ -133,58 +166,36 @@ class GenerationQueue:
 
     # ------------------------------------------------------------ worker side
 
-    def _next(self) -> Job | None:
+    def _admit(self) -> list[Job] | None:
+        """Jobs to start now (FIFO, as many as slots are free); waits while there is nothing to do; None to stop."""
         with self._cond:
-            while not self._waiting and not self._closing:
+            while not self._waiting and not self._running and not self._closing:
                 self._cond.wait()
-            if self._closing:
+            if self._closing and not self._running:
                 return None
-            job = self._waiting.popleft()
-            self._running = job
+            jobs = []
+            while self._waiting and len(self._running) + len(jobs) < self.parallel:
+                jobs.append(self._waiting.popleft())
             self.metrics.queue_depth.set(len(self._waiting))
-            self.metrics.running.set(1)
-            return job
+            return jobs
 
     def _work(self) -> None:
-        while (job := self._next()) is not None:
-            try:
-                self._generate(job)
-            finally:
-                with self._cond:
-                    self._running = None
-                    self.metrics.running.set(0)
+        while (jobs := self._admit()) is not None:
+            for job in jobs:
+                self._start(job)
+            if self._batch.rows:
+                self._step()
 
-    def _generate(self, job: Job) -> None:
+    def _start(self, job: Job) -> None:
         m = self.metrics
-        started = time.perf_counter()
-        m.queue_wait.observe(started - job.arrived)
-        first = last = None
-        tokens = 0
-        finish = None
+        job.started = time.perf_counter()
+        m.queue_wait.observe(job.started - job.arrived)
         try:
             params = self.sampling_params_type(**job.sampling, should_stop=job.cancelled.is_set)
-            stream = self.generator.stream(job.prompt, params)
-            try:
-                m.prompt_tokens.inc(job.prompt_tokens)
-                for piece in stream:
-                    now = time.perf_counter()
-                    n = len(piece.token_ids)
-                    if n:
-                        if first is None:
-                            first = now
-                            m.ttft.observe(now - job.arrived)
-                        else:
-                            for _ in range(n):
-                                m.inter_token.observe((now - last) / n)
-                        last = now
-                        tokens += n
-                        m.generation_tokens.inc(n)
-                    job.push(piece)
-                    finish = piece.finish_reason or finish
-                    if job.cancelled.is_set():
-                        break
-            finally:
-                stream.close()
+            if job.cancelled.is_set():
+                self._finish(job, "cancelled")
+                return
+            row, piece = self._batch.add(job.prompt, params)
         except MerinoError as exc:  # the generator refused the input: the client's problem
             m.outcome("invalid")
             job.push(Failed(APIError(400, str(exc))))
@@ -193,17 +204,67 @@ class GenerationQueue:
             m.outcome("failed")
             job.push(Failed(exc))
             return
+        m.prompt_tokens.inc(job.prompt_tokens)
+        with self._cond:
+            self._running[id(row)] = job
+            self._set_running()
+        self._deliver(row, piece)
+
+    def _step(self) -> None:
+        self.metrics.batch_size.observe(len(self._batch.rows))
+        try:
+            pieces = self._batch.step()
+        except Exception as exc:  # a bug: every running request fails, the batch starts afresh
+            self._batch.clear()
+            with self._cond:
+                jobs, self._running = list(self._running.values()), {}
+                self._set_running()
+            for job in jobs:
+                self.metrics.outcome("failed")
+                job.push(Failed(exc))
+            return
+        for row, piece in pieces:
+            self._deliver(row, piece)
+
+    def _deliver(self, row, piece) -> None:
+        job = self._running[id(row)]
+        m = self.metrics
+        now = time.perf_counter()
+        n = len(piece.token_ids)
+        if n:
+            if job.first is None:
+                job.first = now
+                m.ttft.observe(now - job.arrived)
+            else:
+                for _ in range(n):
+                    m.inter_token.observe((now - job.last) / n)
+            job.last = now
+            job.tokens += n
+            m.generation_tokens.inc(n)
+        job.push(piece)
+        if piece.finish_reason is not None:
+            with self._cond:
+                del self._running[id(row)]
+                self._set_running()
+            self._finish(job, piece.finish_reason)
+
+    def _set_running(self) -> None:
+        self.metrics.running.set(len(self._running))
+        self.metrics.kv_slots_in_use.set(len(self._running))
+
+    def _finish(self, job: Job, finish: str) -> None:
+        m = self.metrics
         end = time.perf_counter()
-        if job.cancelled.is_set() or finish in (None, "cancelled"):
+        if job.cancelled.is_set() or finish == "cancelled":
             finish = "cancelled"
             m.outcome("cancelled")
         else:
             m.outcome("completed")
             m.request_duration.observe(end - job.arrived)
         timings = {
-            "queue_s": started - job.arrived,
-            "ttft_s": (first - job.arrived) if first is not None else None,
-            "decode_s": (last - first) if first is not None else 0.0,
+            "queue_s": job.started - job.arrived,
+            "ttft_s": (job.first - job.arrived) if job.first is not None else None,
+            "decode_s": (job.last - job.first) if job.first is not None else 0.0,
             "total_s": end - job.arrived,
         }
-        job.push(Done(finish, tokens, timings))
+        job.push(Done(finish, job.tokens, timings))

@@ -5,8 +5,8 @@ streaming), `GET /v1/models`, `GET /v1/models/{id}`, `GET /health` (503 while
 the model loads or the server shuts down, 200 when ready).  Metrics are served
 apart, on TCP (`metrics.py`).
 
-Requests are served in turn: one generation at a time, FIFO, behind a bounded
-queue (`scheduler.py` says why); a full queue answers 429.  A client that
+Requests are continuously batched: up to `parallel` sequences decode together,
+more wait FIFO behind a bounded queue (`scheduler.py`); a full queue answers 429.  A client that
 disconnects cancels its generation (waiting or running) and frees its slot.
 On SIGTERM (or Ctrl-C) the server stops accepting connections, lets running
 and queued requests finish for up to `shutdown_grace` seconds, cancels what is
@@ -56,7 +56,7 @@ from merino_edge.runtime.api_responses import DONE, ResponseWriter, public_timin
 from merino_edge.runtime.api_schema import APIError, ApiRequest, parse_chat_request, parse_completion_request, parse_json_body
 from merino_edge.runtime.connection_limits import ConnectionLimits
 from merino_edge.runtime.metrics import DEFAULT_METRICS_ADDR, ServerMetrics, start_metrics_server, start_tegrastats
-from merino_edge.runtime.scheduler import Done, Failed, GenerationQueue, Job
+from merino_edge.runtime.scheduler import DEFAULT_PREFIX_CACHE_BYTES, Done, Failed, GenerationQueue, Job, default_parallel, slot_bytes
 from merino_edge.runtime.socket_path import (
     DEFAULT_BIND_RETRY_S,
     bind_tcp_socket,
@@ -101,16 +101,21 @@ class ServerState:
         self.max_context = bundle.max_context
         self.vocab_size = bundle.arch.vocab_size
 
-    def load(self, backend: str = "auto", threads: int | None = None) -> None:
+    def load(self, backend: str = "auto", threads: int | None = None, parallel: int | None = None,
+             prefix_cache_bytes: int = DEFAULT_PREFIX_CACHE_BYTES, precision: str | None = None) -> None:
         """Create the backend, tokenizer and generator, then start serving (slow: run it off the event loop)."""
         from merino_edge.runtime import Generator, SamplingParams, create_backend
         from merino_edge.tokenizer import Tokenizer
 
-        engine = create_backend(self.bundle, backend, threads=threads)
+        engine = create_backend(self.bundle, backend, threads=threads, precision=precision)
         self.tokenizer = Tokenizer(self.bundle.tokenizer_path)
         self.generator = Generator(engine, self.tokenizer)
         self.max_context = engine.max_context
-        self.queue = GenerationQueue(self.generator, SamplingParams, self.metrics, max_waiting=self.queue_size)
+        chosen = parallel or default_parallel(engine, self.bundle.arch)
+        self.queue = GenerationQueue(self.generator, SamplingParams, self.metrics, max_waiting=self.queue_size, parallel=chosen,
+                                     prefix_cache_bytes=prefix_cache_bytes)
+        log.info("parallel: %d sequences decode together (%s; KV cache %.0f MiB a slot at context %d; --parallel N to change)", chosen,
+                 "as asked" if parallel else "default for this machine's free memory", slot_bytes(engine, self.bundle.arch) / 2**20, engine.max_context)
         self.metrics.set_model(self.model_id, engine.name, engine.precision)
         with self._status_lock:
             if self.status != "loading":  # SIGTERM came while loading: stay down
@@ -466,13 +471,17 @@ def serve(
     api_key: str | None = None,
     backend: str = "auto",
     threads: int | None = None,
+    precision: str | None = None,
     queue_size: int = DEFAULT_QUEUE_SIZE,
+    parallel: int | None = None,
+    prefix_cache_mib: float = DEFAULT_PREFIX_CACHE_BYTES / 2**20,
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
     shutdown_grace: float = 10.0,
     limits: ConnectionLimits | None = None,
     bind_retry_s: float = DEFAULT_BIND_RETRY_S,
 ) -> None:
-    """Serve a bundle until SIGTERM / Ctrl-C.  `metrics_addr=None` serves no metrics; `limits` default to `ConnectionLimits()`.
+    """Serve a bundle until SIGTERM / Ctrl-C.  `metrics_addr=None` serves no metrics; `limits` default to `ConnectionLimits()`;
+    `parallel=None` picks it from free memory.
 
     Raises InputError (exit 2) for what configuration must fix, before any socket
     exists when it is the flags or the bundle; UnavailableError (exit 75) when an
@@ -481,10 +490,16 @@ def serve(
     limits = limits or ConnectionLimits()
     if queue_size < 0:
         raise InputError(f"--queue-size must be >= 0, got {queue_size}")
+    if parallel is not None and parallel < 1:
+        raise InputError(f"--parallel must be at least 1, got {parallel}")
+    if prefix_cache_mib < 0:
+        raise InputError(f"--prefix-cache-mib must be >= 0, got {prefix_cache_mib}")
     if max_body_bytes < 1024:
         raise InputError(f"--max-body-bytes must be at least 1024, got {max_body_bytes}")
     tcp_addr, api_key = _api_key_for(tcp, api_key)
     bundle = Bundle.load(bundle_dir)
+    if precision not in (None, "auto"):
+        bundle.onnx_path(precision)  # a graph the bundle lacks fails here, before the socket is bound
     metrics = ServerMetrics()
     state = ServerState(bundle, metrics, queue_size=queue_size, max_body_bytes=max_body_bytes, api_key=api_key,
                         tcp_hosts=own_hosts(*tcp_addr) if tcp_addr else frozenset(), body_timeout=limits.body_timeout)
@@ -508,7 +523,7 @@ def serve(
 
         def load():
             try:
-                state.load(backend, threads)
+                state.load(backend, threads, parallel, int(prefix_cache_mib * 2**20), precision)
             except BaseException as exc:  # reported after the server has stopped
                 state.load_error, state.status = exc, "failed"
                 server.should_exit = True

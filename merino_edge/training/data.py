@@ -27,7 +27,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +37,8 @@ from merino_edge.errors import IncompatibleError, InputError, MissingDependencyE
 from merino_edge.fileio import read_json, write_json_atomic
 from merino_edge.token_shards import MANIFEST, Shard, ShardManifest, Split
 from merino_edge.tokenizer import Tokenizer
+
+DATA_DIR = "data"  # where `merino-edge train` keeps its token shards inside the checkpoint
 
 TEXT_SUFFIXES = (".txt", ".text", ".md", ".rst")
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz")
@@ -409,3 +411,31 @@ def validation_windows(stream: TokenStream, seq_len: int, max_tokens: int, *, ra
         return np.zeros((0, seq_len + 1), dtype=np.int64)
     mine = range(rank, count, world_size)
     return np.stack([stream.read(i * seq_len, seq_len + 1) for i in mine]) if mine else np.zeros((0, seq_len + 1), dtype=np.int64)
+
+
+def held_out_windows(ckpt: Path, tokenizer: Tokenizer, data: Sequence[str] = (), *, seq_len: int, tokens: int) -> tuple[np.ndarray, str]:
+    """int64 [n, seq_len + 1] windows of held-out tokens, and where they came from.
+
+    For the perplexity check of quantized graphs at export. `data`: a prepared
+    shard directory (its validation split) or text sources (files, folders,
+    .jsonl[.gz]); empty: the checkpoint's own `data/` shards.
+    """
+    sources = list(data) or ([str(Path(ckpt) / DATA_DIR)] if (Path(ckpt) / DATA_DIR / MANIFEST).is_file() else [])
+    if not sources:
+        raise InputError(f"quantize: {ckpt} keeps no validation split (data/ shards); name held-out text with --eval-data")
+    if len(sources) == 1 and (Path(sources[0]) / MANIFEST).is_file():
+        shards = TokenShards.open(sources[0])
+        shards.check_tokenizer(tokenizer)
+        windows, source = validation_windows(shards.stream("val"), seq_len, tokens), f"{sources[0]} (validation split)"
+    else:
+        ids: list[int] = []
+        for text in Corpus(tuple(sources)):
+            ids += [*tokenizer.encode(text), tokenizer.eos_id]  # as the training shards hold documents
+            if len(ids) > tokens + 1:
+                break
+        count = min((len(ids) - 1) // seq_len, max(1, tokens // seq_len))
+        windows = np.array([ids[i * seq_len : i * seq_len + seq_len + 1] for i in range(count)], np.int64).reshape(-1, seq_len + 1)
+        source = ", ".join(sources)
+    if len(windows) == 0:
+        raise InputError(f"quantize: the held-out data {source} has fewer than {seq_len + 1} tokens")
+    return windows, source

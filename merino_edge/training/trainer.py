@@ -38,11 +38,10 @@ from merino_edge.tokenizer import FILE_NAME as TOKENIZER_FILE
 from merino_edge.tokenizer import Tokenizer, train_tokenizer
 from merino_edge.training import checkpoint
 from merino_edge.training.config import TrainConfig, TrainResult, lr_at
-from merino_edge.training.data import BatchSampler, Corpus, TokenShards, prepare_shards, validation_windows
+from merino_edge.training.data import DATA_DIR, BatchSampler, Corpus, TokenShards, prepare_shards, validation_windows
 
 LOG_FILE = "log.jsonl"
 PLOT_FILE = "loss.png"
-DATA_DIR = "data"
 
 
 # ------------------------------------------------------------- environment

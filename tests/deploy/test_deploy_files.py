@@ -72,7 +72,8 @@ def test_rules_and_dashboard_use_only_exported_metrics():
     # The dashboard covers latency, throughput, queueing, memory and the board's sensors.
     for name in ["time_to_first_token_seconds_bucket", "inter_token_latency_seconds_bucket", "request_duration_seconds_bucket",
                  "generation_tokens_total", "prompt_tokens_total", "requests_total", "queue_depth", "running_requests",
-                 "process_resident_memory_bytes", "jetson_temperature_celsius", "jetson_power_watts", "jetson_gpu_load_ratio"]:
+                 "process_resident_memory_bytes", "jetson_temperature_celsius", "jetson_power_watts", "jetson_gpu_load_ratio",
+                 "decode_batch_size_bucket", "kv_slots_in_use", "prefix_cache_hits_total"]:
         assert any(f"merino_edge_{name}" in e for e in exprs), name
 
 

@@ -1,4 +1,4 @@
-"""Load and abuse: 16 concurrent clients, 400 requests, a quarter of them malformed or hung up mid-stream."""
+"""Load and abuse: 16 concurrent clients, 400 requests, a quarter of them malformed or hung up mid-stream, 4 decoding together."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ async def _run(socket_path, plan) -> list[dict]:
 
 
 def test_load_and_abuse(tiny_bundle, tmp_path_factory):
-    server = ServerProcess(tiny_bundle, tmp_path_factory.mktemp("load"), "--max-body-bytes", str(MAX_BODY), "--queue-size", "32")
+    server = ServerProcess(tiny_bundle, tmp_path_factory.mktemp("load"), "--max-body-bytes", str(MAX_BODY), "--queue-size", "32", "--parallel", "4")
     try:
         proc = psutil.Process(server.pid)
         asyncio.run(_run(server.socket, [("good", "good", *_good(i)) for i in range(16)]))  # warm up

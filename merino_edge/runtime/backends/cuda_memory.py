@@ -50,6 +50,14 @@ class CudaMemory(ABC):
         """Enqueue a copy from `ptr` into `array`; read it after synchronize()."""
 
     @abstractmethod
+    def zero(self, ptr: int, nbytes: int) -> None:
+        """Enqueue filling `nbytes` at `ptr` with zeros."""
+
+    @abstractmethod
+    def copy_2d(self, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, height: int) -> None:
+        """Enqueue a device-to-device copy of `height` runs of `width` bytes, `src_pitch` / `dst_pitch` bytes apart."""
+
+    @abstractmethod
     def synchronize(self) -> None:
         """Wait for everything enqueued on the stream."""
 
@@ -98,6 +106,19 @@ class _PyCuda(CudaMemory):
 
     def to_host(self, array: np.ndarray, ptr: int) -> None:
         self._cuda.memcpy_dtoh_async(array, ptr, self._stream)
+
+    def zero(self, ptr: int, nbytes: int) -> None:
+        if nbytes:
+            self._cuda.memset_d8_async(ptr, 0, nbytes, self._stream)
+
+    def copy_2d(self, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, height: int) -> None:
+        if not width:
+            return
+        copy = self._cuda.Memcpy2D()
+        copy.set_src_device(src)
+        copy.set_dst_device(dst)
+        copy.src_pitch, copy.dst_pitch, copy.width_in_bytes, copy.height = src_pitch, dst_pitch, width, height
+        copy(self._stream)
 
     def synchronize(self) -> None:
         self._stream.synchronize()
@@ -170,6 +191,15 @@ class _CudaPython(CudaMemory):
 
     def to_host(self, array: np.ndarray, ptr: int) -> None:
         self._copy(array.ctypes.data, ptr, array.nbytes, self._rt.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+
+    def zero(self, ptr: int, nbytes: int) -> None:
+        if nbytes:
+            self._call(self._rt.cudaMemsetAsync(ptr, 0, nbytes, self._stream))
+
+    def copy_2d(self, dst: int, dst_pitch: int, src: int, src_pitch: int, width: int, height: int) -> None:
+        if width:
+            kind = self._rt.cudaMemcpyKind.cudaMemcpyDeviceToDevice
+            self._call(self._rt.cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width, height, kind, self._stream))
 
     def synchronize(self) -> None:
         self._call(self._rt.cudaStreamSynchronize(self._stream))

@@ -1,11 +1,18 @@
 """ONNX Runtime backend: the bundle's graph on any installed execution provider.
 
-The KV cache lives in buffers allocated once per batch size, at the bundle's
-max context: two per layer execution and K/V ("ping" and "pong").  Each step
-binds `past.{i}.*` to the front of one buffer and `present.{i}.*` to the
-other, shaped for this step, and the next step swaps them, so nothing is
-allocated or copied per token beyond what the graph's own Concat writes.
-Decode logits go to a preallocated [max_batch, V] buffer as well.
+The KV cache lives in buffers allocated once, at the bundle's max context:
+two per cache tensor (`past.{i}.key`, `past.{i}.value`), a batch pair sized
+for the slots (or the largest padded batch) and a one-row pair for the side
+cache where continuous batching prefills a joining sequence.  Each step binds
+(IO binding, by pointer) `past.{i}.*` to the front of one buffer, shaped
+[rows, heads, past, head_dim], and `present.{i}.*` to the other, shaped for
+past + seq, and the next step swaps them, so nothing is allocated or copied per
+token beyond what the graph's own Concat writes.  A join or leave writes the
+new or moved rows in place, or the whole batch cache into the spare buffer
+when its columns change (`place_rows`).  On the CPU the buffers
+are numpy arrays; on a GPU provider they are device OrtValues, and a join or
+leave goes through a host copy.  Decode logits go to a preallocated
+[max_batch, V] buffer as well.
 """
 
 from __future__ import annotations
@@ -14,7 +21,7 @@ import numpy as np
 
 from merino_edge.bundle import Bundle
 from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
-from merino_edge.runtime.backend import Backend, logits_columns, positions_from_mask
+from merino_edge.runtime.backend import Backend, log, logits_columns, place_rows, positions_from_mask
 
 _SHORT_PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
@@ -39,6 +46,38 @@ def resolve_provider(provider: str | None) -> str:
     return name
 
 
+class _KVBuffers:
+    """Two flat buffers per cache tensor, rows x heads x max_context x head_dim: the graph reads `past[t]` and writes `spare[t]`."""
+
+    def __init__(self, ort, rows: int, tensor_heads: list[int], max_context: int, head_dim: int, dtype, device: str):
+        self.rows = rows
+
+        def alloc(heads: int):
+            size = rows * heads * max_context * head_dim
+            return np.zeros(size, dtype) if device == "cpu" else ort.OrtValue.ortvalue_from_shape_and_type([size], dtype, device, 0)
+
+        self.past = [alloc(h) for h in tensor_heads]
+        self.spare = [alloc(h) for h in tensor_heads]
+
+    def swap(self) -> None:
+        self.past, self.spare = self.spare, self.past
+
+
+def _pointer(buffer) -> int:
+    return buffer.ctypes.data if isinstance(buffer, np.ndarray) else buffer.data_ptr()
+
+
+def _host(buffer) -> np.ndarray:
+    """The buffer's contents on the host: itself on the CPU, a copy of a device OrtValue."""
+    return buffer if isinstance(buffer, np.ndarray) else buffer.numpy()
+
+
+def _commit(buffer, contents: np.ndarray) -> None:
+    """Write back what `_host` gave (nothing to do on the CPU)."""
+    if not isinstance(buffer, np.ndarray):
+        buffer.update_inplace(contents)
+
+
 class OrtBackend(Backend):
     name = "ort"
 
@@ -47,7 +86,7 @@ class OrtBackend(Backend):
         self.provider = resolve_provider(provider)
         self.device = _DEVICE_OF_PROVIDER.get(self.provider, "cpu")
         if precision is None:
-            precision = "fp16" if self.device == "cuda" and "fp16" in bundle.precisions else bundle.precisions[0]
+            precision = self._auto_precision(bundle)
         self.precision = precision
         if threads is not None and threads < 1:
             raise InputError(f"threads: must be at least 1, got {threads}")
@@ -66,9 +105,18 @@ class OrtBackend(Backend):
         self.max_batch = bundle.max_batch
         self._check_graph()
         self._io = self.session.io_binding()
-        self._rows = 0  # batch size the KV buffers are allocated for
-        self._buffers: list[list] = []  # per layer execution: [key ping, value ping, key pong, value pong]
+        self._tensor_heads = [h for h in self.heads for _ in ("key", "value")]  # per cache tensor, graph order
+        self._batch: _KVBuffers | None = None
+        self._side: _KVBuffers | None = None
         self._decode_logits = np.empty((self.max_batch, self.vocab_size), np.float32)
+
+    def _auto_precision(self, bundle: Bundle) -> str:
+        """fp16 on a GPU where the bundle has it; on a CPU the smallest graph within its stored quality bound."""
+        if self.device == "cuda":
+            return "fp16" if "fp16" in bundle.precisions else bundle.precisions[0]
+        precision, reason = bundle.cpu_precision()
+        log.info("precision auto: %s (%s)", precision, reason)
+        return precision
 
     def _check_graph(self) -> None:
         inputs = {i.name: i for i in self.session.get_inputs()}
@@ -81,23 +129,27 @@ class OrtBackend(Backend):
             )
         self.kv_dtype = _DTYPES[inputs["past.0.key"].type]
 
-    def _ensure_buffers(self, rows: int) -> None:
-        if rows <= self._rows:
-            return
-        ort = _ort()
-        self._rows = rows
-        self._buffers = [
-            [ort.OrtValue.ortvalue_from_shape_and_type([rows * h * self.max_context * self.head_dim], self.kv_dtype, self.device, 0) for _ in range(4)]
-            for h in self.heads
-        ]
+    def _buffers(self, rows: int) -> _KVBuffers:
+        return _KVBuffers(_ort(), rows, self._tensor_heads, self.max_context, self.head_dim, self.kv_dtype, self.device)
+
+    def _allocate(self, rows: int) -> None:
+        if self._batch is None or self._batch.rows < rows:
+            self._batch = self._buffers(rows)
+        if self._side is None:
+            self._side = self._buffers(1)
 
     def _reset(self) -> None:
         pass  # the cache length is the mask's: the next prefill binds an empty past
 
-    def _forward(self, input_ids, position_ids, attention_mask, last):
+    def _forward(self, input_ids, position_ids, attention_mask, last, side=False):
         b, s = input_ids.shape
         past = attention_mask.shape[1] - s
-        self._ensure_buffers(b)
+        if side:
+            kv = self._side
+        else:
+            if self._batch is None or self._batch.rows < b:
+                self._batch = self._buffers(b)
+            kv = self._batch
         io = self._io
         io.clear_binding_inputs()
         io.clear_binding_outputs()
@@ -111,16 +163,40 @@ class OrtBackend(Backend):
             io.bind_output("logits", "cpu", 0, np.float32, [b, 1, self.vocab_size], self._decode_logits.ctypes.data)
         else:
             io.bind_output("logits", "cpu")
-        for i, (h, bufs) in enumerate(zip(self.heads, self._buffers, strict=True)):
-            for kv, src, dst in (("key", bufs[0], bufs[2]), ("value", bufs[1], bufs[3])):
-                io.bind_input(f"past.{i}.{kv}", self.device, 0, self.kv_dtype, [b, h, past, self.head_dim], src.data_ptr())
-                io.bind_output(f"present.{i}.{kv}", self.device, 0, self.kv_dtype, [b, h, past + s, self.head_dim], dst.data_ptr())
-            bufs[0], bufs[1], bufs[2], bufs[3] = bufs[2], bufs[3], bufs[0], bufs[1]
+        for t, h in enumerate(self._tensor_heads):
+            name = f"{t // 2}.{('key', 'value')[t % 2]}"
+            io.bind_input(f"past.{name}", self.device, 0, self.kv_dtype, [b, h, past, self.head_dim], _pointer(kv.past[t]))
+            io.bind_output(f"present.{name}", self.device, 0, self.kv_dtype, [b, h, past + s, self.head_dim], _pointer(kv.spare[t]))
         self.session.run_with_iobinding(io)
+        kv.swap()
         if decoding:
             return self._decode_logits[:b].copy()
         logits = io.get_outputs()[0].numpy()  # [b, keep, V]
         return logits[np.arange(b), where]
+
+    def _view(self, contents: np.ndarray, heads: int, rows: int, past: int) -> np.ndarray:
+        return contents[: rows * heads * past * self.head_dim].reshape(rows, heads, past, self.head_dim)
+
+    def _relayout(self, placements, rows, past, in_place):
+        old_rows, old_past = self.batch_size, self.past_length
+        for t, h in enumerate(self._tensor_heads):
+            batch = self._view(_host(self._batch.past[t]), h, self._batch.rows if in_place else old_rows, old_past)
+            side = self._view(_host(self._side.past[t]), h, 1, self._side_length)
+            buffer = self._batch.past[t] if in_place else self._batch.spare[t]
+            target = _host(buffer)  # on the CPU the buffer itself (`batch` may view it too)
+            place_rows(self._view(target, h, rows, past), [(k, side if from_side else batch, r, n) for k, from_side, r, n in placements])
+            _commit(buffer, target)
+        if not in_place:
+            self._batch.swap()
+
+    def _side_kv(self) -> list[np.ndarray]:
+        return [self._view(_host(buf), h, 1, self._side_length).copy() for buf, h in zip(self._side.past, self._tensor_heads, strict=True)]
+
+    def _set_side_kv(self, arrays) -> None:
+        for buf, kv in zip(self._side.past, arrays, strict=True):
+            contents = _host(buf)
+            contents[: kv.size] = kv.ravel()
+            _commit(buf, contents)
 
     def score(self, input_ids, attention_mask=None) -> np.ndarray:
         ids, mask = self._check_inputs(input_ids, attention_mask)

@@ -15,6 +15,16 @@ scoring needs is allocated the first time `score` runs.
 A prompt longer than the engine's max_prompt is fed in two parts: the first
 max_prompt tokens through the context profile, the rest one token at a time.
 `Backend` (runtime/backend.py) keeps the attention mask, positions and limits.
+
+Continuous batching: the batch pairs hold max_batch rows (the engine's
+profiles take batch 1..max_batch, so `--parallel` is at most the max batch it
+was built with) and a one-row side pair takes a joining sequence's prefill
+through the context profile (batch 1, past 0).  A join or leave writes the
+batch cache's new or moved rows in place, or the whole cache into its spare
+buffer when the columns change, on the device: a zero fill and one 2-D copy
+(`row_copies`: heads x the row's tokens) per row written and cache tensor.
+Prefix reuse is off here: the context profile has no past, so the rest of a
+prompt after a cached prefix would run one token per call.
 """
 
 from __future__ import annotations
@@ -92,11 +102,44 @@ def usable_engine(bundle, trt, cuda: CudaMemory) -> EngineRecord:
     return record
 
 
+class _KVPairs:
+    """Two device buffers per cache tensor, rows x heads x max_context x head_dim; `current` says which holds the past."""
+
+    def __init__(self, buffers: list[tuple[int, int]]):
+        self.buffers = buffers
+        self.current = 0
+
+    def past(self, tensor: int) -> int:
+        return self.buffers[tensor][self.current]
+
+    def spare(self, tensor: int) -> int:
+        return self.buffers[tensor][1 - self.current]
+
+    def swap(self) -> None:
+        self.current = 1 - self.current
+
+
+def row_copies(placements: list[tuple[int, int, int, int]], heads: int, past: int, head_dim: int, itemsize: int) -> list[tuple[int, int, int, int, int, int]]:
+    """The 2-D copies that lay out rows right-aligned in a [rows, heads, past, head_dim] cache.
+
+    For each (k, source row, source past, n) the last n columns of that row of
+    a [*, heads, source past, head_dim] cache become row k's last n columns.
+    Each copy is (dst offset, dst pitch, src offset, src pitch, width, height)
+    in bytes: `heads` runs of n * head_dim values, one per head.
+    """
+    token = head_dim * itemsize
+    return [
+        (((k * heads) * past + past - n) * token, past * token, ((row * heads) * src_past + src_past - n) * token, src_past * token, n * token, heads)
+        for k, row, src_past, n in placements
+    ]
+
+
 class TensorRTBackend(Backend):
     """Backend over the bundle's TensorRT engine (see the module docstring)."""
 
     name = "tensorrt"
     precision = "fp16"
+    prefix_reuse = False
 
     def __init__(self, bundle, *, threads: int | None = None, provider: str | None = None, precision: str | None = None, device: int = 0):
         """`threads` and `provider` are ONNX Runtime settings and are ignored; the engine is FP16."""
@@ -144,7 +187,9 @@ class TensorRTBackend(Backend):
         self._row_bytes = v * self._logits_dtype.itemsize
         self._logits = cuda.alloc(b * b * self._row_bytes)  # generation: at most one kept column per row
         self._score_logits: int | None = None  # [b, max_prompt, V], allocated by the first score()
-        self._kv = [tuple(cuda.alloc(b * heads * t * self._head_dim * dtype(past).itemsize) for _ in range(2)) for past, _, heads in self._caches]
+        self._itemsizes = [dtype(past).itemsize for past, _, _ in self._caches]
+        self._batch = self._pairs(b)
+        self._side = self._pairs(1)
         self._last_logits = cuda.pinned((b, v), self._logits_dtype)
 
         self._contexts = {}
@@ -155,14 +200,18 @@ class TensorRTBackend(Backend):
                 ctx.set_tensor_address(tensor, ptr)
             self._contexts[name] = ctx
         cuda.synchronize()
-        self._current = 0  # which buffer of each KV pair holds the past
+
+    def _pairs(self, rows: int) -> _KVPairs:
+        t, d = self.max_context, self._head_dim
+        return _KVPairs([(self._cuda.alloc(rows * heads * t * d * size), self._cuda.alloc(rows * heads * t * d * size))
+                         for (_, _, heads), size in zip(self._caches, self._itemsizes, strict=True)])
 
     # -------------------------------------------------------------- running
 
-    def _run(self, profile: str, input_ids, position_ids, attention_mask, keep, logits: int, *, keep_cache: bool = True) -> None:
-        """Enqueue one engine call on input_ids [b, seq] after the cached past, logits [b, len(keep), V] to `logits`.
+    def _run(self, profile: str, input_ids, position_ids, attention_mask, keep, logits: int, kv: _KVPairs, *, keep_cache: bool = True) -> None:
+        """Enqueue one engine call on input_ids [b, seq] after the cached past in `kv`, logits [b, len(keep), V] to `logits`.
 
-        present goes to the other KV buffer of each pair.
+        present goes to the other buffer of each pair.
         """
         b, seq = input_ids.shape
         past = attention_mask.shape[1] - seq
@@ -175,21 +224,21 @@ class TensorRTBackend(Backend):
             self._cuda.to_device(self._ptr[tensor], stage)
             self._shape(ctx, profile, tensor, values.shape)
         ctx.set_tensor_address("logits", logits)
-        for (past_name, present_name, heads), pair in zip(self._caches, self._kv, strict=True):
+        for t, (past_name, present_name, heads) in enumerate(self._caches):
             self._shape(ctx, profile, past_name, (b, heads, past, self._head_dim))
-            ctx.set_tensor_address(past_name, pair[self._current])
-            ctx.set_tensor_address(present_name, pair[1 - self._current])
+            ctx.set_tensor_address(past_name, kv.past(t))
+            ctx.set_tensor_address(present_name, kv.spare(t))
         if not ctx.execute_async_v3(self._cuda.stream):
             raise RuntimeError(f"TensorRT execution failed ({profile} profile, batch {b}, seq {seq}, past {past}); see its log above")
         if keep_cache:
-            self._current = 1 - self._current
+            kv.swap()
 
     @staticmethod
     def _shape(ctx, profile: str, tensor: str, shape: tuple[int, ...]) -> None:
         if not ctx.set_input_shape(tensor, shape):
             raise InputError(f"{tensor} shape {tuple(shape)} is outside the engine's {profile} profile (see `merino-edge build --help` for its limits)")
 
-    def _run_to_last(self, profile: str, input_ids, position_ids, attention_mask, last: np.ndarray, offset: int) -> None:
+    def _run_to_last(self, profile: str, input_ids, position_ids, attention_mask, last: np.ndarray, offset: int, kv: _KVPairs) -> None:
         """`_run` on columns offset.. of the batch, keeping the logits of the rows whose last token is among them.
 
         Those rows' logits are copied (enqueued) into `_last_logits`; a call
@@ -198,25 +247,48 @@ class TensorRTBackend(Backend):
         seq = input_ids.shape[1]
         rows = np.flatnonzero((last >= offset) & (last < offset + seq))
         keep, where = logits_columns(last[rows] - offset) if rows.size else (np.zeros(1, np.int64), ())
-        self._run(profile, input_ids, position_ids, attention_mask, keep, self._logits)
+        self._run(profile, input_ids, position_ids, attention_mask, keep, self._logits, kv)
         for r, k in zip(rows, where, strict=True):
             self._cuda.to_host(self._last_logits[r], self._logits + (int(r) * len(keep) + int(k)) * self._row_bytes)
 
-    def _forward(self, input_ids, position_ids, attention_mask, last):
+    def _forward(self, input_ids, position_ids, attention_mask, last, side=False):
         b, s = input_ids.shape
         past = attention_mask.shape[1] - s
+        kv = self._side if side else self._batch
         with self._cuda.active():
             start = 0
             if past == 0:  # the prompt: as much as the context profile takes
                 start = min(s, self.max_prompt)
-                self._run_to_last(CONTEXT, input_ids[:, :start], position_ids[:, :start], attention_mask[:, :start], last, 0)
+                self._run_to_last(CONTEXT, input_ids[:, :start], position_ids[:, :start], attention_mask[:, :start], last, 0, kv)
             for t in range(start, s):  # then one token per call
-                self._run_to_last(GENERATION, input_ids[:, t : t + 1], position_ids[:, t : t + 1], attention_mask[:, : past + t + 1], last, t)
+                self._run_to_last(GENERATION, input_ids[:, t : t + 1], position_ids[:, t : t + 1], attention_mask[:, : past + t + 1], last, t, kv)
             self._cuda.synchronize()
         return np.array(self._last_logits[:b], dtype=np.float32)
 
     def _reset(self) -> None:
         pass  # the past length is the attention mask's; a prefill starts from an empty past
+
+    def _allocate(self, rows: int) -> None:
+        pass  # allocated at load, for the engine's max batch
+
+    def _relayout(self, placements, rows, past, in_place):
+        src_past = {True: self._side_length, False: self.past_length}
+        with self._cuda.active():
+            for t, ((_, _, heads), size) in enumerate(zip(self._caches, self._itemsizes, strict=True)):
+                dst = self._batch.past(t) if in_place else self._batch.spare(t)
+                row_bytes = heads * past * self._head_dim * size
+                if in_place:
+                    for k, *_ in placements:
+                        self._cuda.zero(dst + k * row_bytes, row_bytes)
+                else:
+                    self._cuda.zero(dst, rows * row_bytes)
+                plan = row_copies([(k, r, src_past[from_side], n) for k, from_side, r, n in placements], heads, past, self._head_dim, size)
+                for (_, from_side, _, _), (dst_off, dst_pitch, src_off, src_pitch, width, height) in zip(placements, plan, strict=True):
+                    src = self._side.past(t) if from_side else self._batch.past(t)
+                    self._cuda.copy_2d(dst + dst_off, dst_pitch, src + src_off, src_pitch, width, height)
+            self._cuda.synchronize()
+        if not in_place:
+            self._batch.swap()
 
     def score(self, input_ids, attention_mask=None) -> np.ndarray:
         ids, mask = self._check_inputs(input_ids, attention_mask)
@@ -227,7 +299,7 @@ class TensorRTBackend(Backend):
         with self._cuda.active():
             if self._score_logits is None:
                 self._score_logits = self._cuda.alloc(self.max_batch * self.max_prompt * self._row_bytes)
-            self._run(CONTEXT, ids, positions_from_mask(mask), mask, np.arange(s, dtype=np.int64), self._score_logits, keep_cache=False)
+            self._run(CONTEXT, ids, positions_from_mask(mask), mask, np.arange(s, dtype=np.int64), self._score_logits, self._batch, keep_cache=False)
             self._cuda.to_host(out, self._score_logits)
             self._cuda.synchronize()
         return out.astype(np.float32, copy=False)

@@ -1,0 +1,167 @@
+"""Weight-only int8 / int4 graphs: what export writes, what they cost in quality, and how the runtime picks them."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from local_text import training_texts
+from shared_paths import EVAL_FIXTURES
+
+from merino_edge.bundle import MANIFEST, Bundle, file_sha256
+from merino_edge.cli import main
+from merino_edge.errors import InputError
+from merino_edge.export.package import export_bundle
+from merino_edge.export.quality import EVAL_SEQ_LEN, EVAL_TOKENS
+from merino_edge.runtime import Generator, SamplingParams, create_backend
+from merino_edge.tokenizer import Tokenizer
+from merino_edge.training.data import held_out_windows
+
+# Greedy text of int8 must equal fp32's; a difference is allowed only where fp32's
+# top two logits were within NEAR_TIE of each other (the quantization noise of the
+# logits on this model is of that order), and the step counted is the first one.
+NEAR_TIE = 0.05
+GREEDY_TOKENS = 32
+
+
+@pytest.fixture(scope="module")
+def trained_checkpoint(tmp_path_factory, tiny_tokenizer):
+    """A tiny MeRino trained for a few hundred thousand tokens; its checkpoint keeps the token shards (data/, with a validation split)."""
+    from merino_edge.arch import ArchSpec, Block
+    from merino_edge.training.trainer import TrainConfig, train
+
+    work = tmp_path_factory.mktemp("trained")
+    text = work / "train.txt"
+    text.write_text("\n\n".join(training_texts(400_000)), encoding="utf-8")
+    arch = ArchSpec(blocks=(Block(64, 2.0, 2), Block(128, 1.5, 2)), vocab_size=512, proj_dim=96, max_positions=128)
+    cfg = TrainConfig(
+        arch=arch, data=(str(text),), out=work / "ckpt", tokenizer=tiny_tokenizer, text_unit="paragraph", val_fraction=0.05,
+        seq_len=64, batch_tokens=1024, micro_batch=16, max_steps=80, lr=4e-3, min_lr=4e-4, eval_every=10**6,
+        eval_tokens=2048, save_every=10**6, threads=2, progress=False,
+    )  # fmt: skip
+    return Path(train(cfg).out_dir)
+
+
+@pytest.fixture(scope="module")
+def quantized_bundle(tmp_path_factory, trained_checkpoint):
+    out = tmp_path_factory.mktemp("qbundle") / "bundle"
+    held_out = held_out_windows(trained_checkpoint, Tokenizer(trained_checkpoint / "tokenizer.model"), seq_len=EVAL_SEQ_LEN, tokens=EVAL_TOKENS)
+    export_bundle(trained_checkpoint, out, quantize=["int8", "int4"], held_out=held_out, max_context=128, max_batch=4, progress=False)
+    return out
+
+
+def _initializers(path):
+    return onnx.load(str(path), load_external_data=False).graph
+
+
+def test_export_writes_hashed_int8_and_int4_graphs(quantized_bundle):
+    bundle = Bundle.load(quantized_bundle)
+    assert bundle.precisions == ["fp32", "int8", "int4"]
+    sizes = {}
+    for precision in ("fp32", "int8", "int4"):
+        graph = bundle.manifest.graphs[precision]
+        for name in (graph["file"], graph["data_file"]):
+            assert bundle.manifest.files[name] == file_sha256(quantized_bundle / name)
+        sizes[precision] = (quantized_bundle / graph["data_file"]).stat().st_size
+    # the position table (128 x 96 fp32) stays fp32; everything else shrinks about 4x / 8x plus scales
+    assert sizes["int8"] < 0.4 * sizes["fp32"]
+    assert sizes["int4"] < 0.7 * sizes["int8"]
+    assert bundle.manifest.graphs["int4"]["quantization"]["bits"] == 4
+
+
+def test_quantized_graph_stores_shared_and_tied_weights_once(quantized_bundle):
+    fp32, int4 = _initializers(quantized_bundle / "model.onnx"), _initializers(quantized_bundle / "model.int4.onnx")
+    fp32_weights = {t.name for t in fp32.initializer if len(t.dims) == 2 and t.name.startswith("onnx::MatMul")}
+    ops = Counter(n.op_type for n in int4.node)
+    assert ops["MatMul"] == Counter(n.op_type for n in fp32.node)["MatMul"] - ops["MatMulNBits"]  # the rest are attention's
+    packed = [t for t in int4.initializer if t.name.endswith("_Q4")]
+    assert {t.name.removesuffix("_Q4") for t in packed} == fp32_weights  # one quantized copy per distinct weight
+    assert len({t.name for t in int4.initializer}) == len(int4.initializer)
+    assert ops["GatherBlockQuantized"] == 1  # the token lookup reads the quantized head
+    assert not any(t.name in fp32_weights or t.name.endswith("embed_tokens.weight") for t in int4.initializer)
+
+
+def test_held_out_perplexity_is_measured_and_bounded(quantized_bundle):
+    graphs = Bundle.load(quantized_bundle).manifest.graphs
+    int8, int4 = graphs["int8"]["quality"], graphs["int4"]["quality"]
+    assert int8["fp32_perplexity"] == int4["fp32_perplexity"] < 300  # trained: well below the uniform 512 of its vocabulary
+    assert "validation split" in int8["data"] and int8["tokens"] >= 1024
+    assert abs(int8["increase"]) <= int8["max_increase"] == 0.01
+    assert abs(int4["increase"]) <= int4["max_increase"] == 0.05
+    assert int4["perplexity"] != int4["fp32_perplexity"]  # it measured a different graph
+
+
+def test_int8_greedy_text_equals_fp32_unless_after_a_near_tie(quantized_bundle, tiny_tokenizer):
+    ids = Generator.from_bundle(quantized_bundle, "ort", threads=2, precision="fp32").tokenizer.encode("The return statement")
+    backends = {p: create_backend(quantized_bundle, "ort", threads=2, precision=p) for p in ("fp32", "int8")}
+    logits = {p: b.prefill(np.array([ids])) for p, b in backends.items()}
+    for step in range(GREEDY_TOKENS):
+        fp32, int8 = logits["fp32"][0], logits["int8"][0]
+        if int(np.argmax(fp32)) != int(np.argmax(int8)):
+            top2 = np.sort(fp32)[-2:]
+            assert top2[1] - top2[0] < NEAR_TIE, f"step {step}: int8 picked another token with fp32's margin {top2[1] - top2[0]:.3f}"
+            return
+        token = np.array([int(np.argmax(fp32))])
+        logits = {p: b.decode(token) for p, b in backends.items()}
+
+
+def test_auto_runs_the_smallest_graph_within_its_bound(quantized_bundle, tmp_path):
+    assert create_backend(quantized_bundle, "ort", threads=1).precision == "int4"
+    assert create_backend(quantized_bundle, "ort", threads=1, precision="auto").precision == "int4"
+    copy = shutil.copytree(quantized_bundle, tmp_path / "bundle")
+    manifest = json.loads((copy / MANIFEST).read_text())
+    manifest["graphs"]["int4"]["quality"]["max_increase"] = -1.0  # nothing passes this bound
+    (copy / MANIFEST).write_text(json.dumps(manifest))
+    precision, why = Bundle.load(copy).cpu_precision()
+    assert precision == "int8" and "int4: perplexity" in why and "over its" in why
+
+
+def test_generate_runs_the_int4_graph(quantized_bundle):
+    generator = Generator.from_bundle(quantized_bundle, "ort", threads=2, precision="int4")
+    assert generator.backend.precision == "int4"
+    text = generator.generate("The return statement", SamplingParams(max_tokens=8, temperature=0)).text
+    assert text.strip()
+
+
+def test_tampered_quantized_graph_is_refused(quantized_bundle, tmp_path):
+    copy = shutil.copytree(quantized_bundle, tmp_path / "bundle")
+    with open(copy / "model.int4.onnx.data", "r+b") as f:  # one bit of one packed weight
+        f.seek(1000)
+        byte = f.read(1)[0]
+        f.seek(1000)
+        f.write(bytes([byte ^ 0x10]))
+    with pytest.raises(InputError, match=r"model\.int4\.onnx\.data is damaged"):
+        create_backend(copy, "ort", threads=1, precision="int4")
+
+
+@pytest.mark.parametrize("command", ["generate", "bench", "eval", "doctor", "serve"])
+def test_precision_int4_on_a_bundle_without_it_exits_2_with_one_line(tiny_bundle, command, capsys):
+    extra = {"generate": ["--prompt", "x"], "bench": ["--new-tokens", "2"], "eval": ["--tasks", "copa", "--data-dir", str(EVAL_FIXTURES)], "doctor": [], "serve": ["--metrics-addr", "off"]}
+    assert main([command, str(tiny_bundle), "--precision", "int4", *extra[command]]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "has no int4 graph" in err[0] and "merino-edge quantize" in err[0]
+
+
+def test_quantize_command_adds_a_graph_to_an_existing_bundle(tiny_bundle, tmp_path, capsys):
+    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    held_out = tmp_path / "held_out.txt"
+    held_out.write_text("\n\n".join(training_texts(20_000)), encoding="utf-8")
+    assert main(["quantize", str(copy), "--int8", "--eval-data", str(held_out), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "int8:" in out and "held-out perplexity" in out
+    bundle = Bundle.load(copy)
+    assert bundle.precisions == ["fp32", "fp16", "int8"]
+    assert bundle.manifest.graphs["int8"]["quality"]["data"] == str(held_out)
+
+
+def test_quantize_without_held_out_data_exits_2_with_one_line(tiny_bundle, tmp_path, capsys):
+    copy = shutil.copytree(tiny_bundle, tmp_path / "bundle")
+    assert main(["quantize", str(copy), "--int4", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--eval-data" in err[0]
+    assert Bundle.load(copy).precisions == ["fp32", "fp16"]
