@@ -220,7 +220,7 @@ def test_health_is_503_while_loading_then_200(tiny_bundle):
 def test_tcp_key_queue_limit_and_graceful_sigterm(tiny_bundle, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tcp")
     port = free_port()
-    srv = ServerProcess(tiny_bundle, workdir, "--tcp", f"127.0.0.1:{port}", "--api-key", "s3cret", "--queue-size", "1", "--shutdown-grace", "20")
+    srv = ServerProcess(tiny_bundle, workdir, "--tcp", f"127.0.0.1:{port}", "--api-key", "s3cret", "--queue-size", "1", "--parallel", "1", "--shutdown-grace", "20")
     try:
         body = {"prompt": "x", "max_tokens": 4}
         assert httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body).status_code == 401
@@ -229,7 +229,7 @@ def test_tcp_key_queue_limit_and_graceful_sigterm(tiny_bundle, tmp_path_factory)
         with srv.client() as c:
             assert c.post("/v1/completions", json=body).status_code == 200  # the socket needs no key
 
-        # One generation runs, one waits: of eight arriving at once, some find the queue full, the rest complete.
+        # Served in turn, one generation runs and one waits: of eight arriving at once, some find the queue full.
         def post(i, out):
             with srv.client() as c:
                 out[i] = c.post("/v1/completions", json={"prompt": "x", "max_tokens": 100, "ignore_eos": True})
