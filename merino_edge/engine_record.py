@@ -17,7 +17,7 @@ batch 1 (a board serves one user at a time) and the middle of each range.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 from merino_edge.arch import ArchSpec
 from merino_edge.errors import IncompatibleError, InputError
@@ -150,14 +150,7 @@ class HostInfo:
         return f"TensorRT {self.tensorrt_version}, {self.gpu_name} (sm {self.compute_capability}){where}"
 
     def to_json(self) -> dict:
-        return {
-            "tensorrt_version": self.tensorrt_version,
-            "gpu_name": self.gpu_name,
-            "compute_capability": self.compute_capability,
-            "l4t": self.l4t,
-            "jetpack": self.jetpack,
-            "board": self.board,
-        }
+        return asdict(self)
 
     @classmethod
     def from_json(cls, data: dict) -> HostInfo:
