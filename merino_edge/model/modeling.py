@@ -231,7 +231,7 @@ class MeRinoForCausalLM(MeRinoPreTrainedModel, GenerationMixin):
         **kwargs,
     ) -> CausalLMOutputWithPast:
         """`logits_to_keep` > 0 computes the logits of only the last that many positions."""
-        out = self.model(input_ids, attention_mask, position_ids, past_key_values if cache is None else cache, use_cache)
+        out = self.model(input_ids, attention_mask, position_ids, cache, use_cache, past_key_values=past_key_values)
         hidden = out.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
