@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import threading
 
+import httpx
 import pytest
 from server_harness import ServerProcess
 
@@ -15,15 +17,17 @@ from merino_edge.runtime import Generator, SamplingParams
 pytestmark = pytest.mark.slow
 
 SYSTEM = "You are the assistant of a small board in a kitchen. Answer in one short line, plainly and politely. "
-REQUESTS = [  # (prompt, max_tokens, seed or None for greedy): different prompt lengths and lengths of answer
-    ("The quick brown fox", 9, None),
+# (prompt, max_tokens, seed or None for greedy): different prompt lengths and lengths of answer.  Five answers are
+# long (40+ steps), so that they overlap in the concurrent test however the eight arrivals spread on a busy machine.
+REQUESTS = [
+    ("The quick brown fox", 48, None),
     ("hi", 3, None),
-    ("def f(x):\n    return x", 17, 11),
-    ("Linux is a family of open source operating systems based on the kernel", 6, None),
-    ("import numpy as np", 12, 12),
+    ("def f(x):\n    return x", 40, 11),
+    ("Linux is a family of open source operating systems based on the kernel", 44, None),
+    ("import numpy as np", 52, 12),
     ("a", 1, None),
     (SYSTEM + "What is the time?", 20, None),
-    ("for i in range(10):", 5, 13),
+    ("for i in range(10):", 56, 13),
 ]
 
 
@@ -49,6 +53,19 @@ def stream_text(client, prompt: str, max_tokens: int, seed: int | None) -> str:
     return "".join(c.choices[0].text for c in chunks if c.choices)
 
 
+async def stream_all_at_once(socket, model: str, requests) -> list[str]:
+    """Every request as a stream from one event loop, all sent before the first answer is read."""
+    from openai import AsyncOpenAI
+
+    async def one(prompt, max_tokens, seed):
+        async with httpx.AsyncClient(transport=httpx.AsyncHTTPTransport(uds=str(socket)), timeout=60) as http:
+            client = AsyncOpenAI(base_url="http://localhost/v1", api_key="x", http_client=http)
+            chunks = await client.completions.create(model=model, prompt=prompt, stream=True, extra_body={"ignore_eos": True}, **sampling(max_tokens, seed))
+            return "".join([c.choices[0].text async for c in chunks if c.choices])
+
+    return await asyncio.gather(*(one(*r) for r in requests))
+
+
 def test_eight_concurrent_streams_equal_each_request_alone(server, bundle8):
     assert "parallel: 8 sequences" in server.log()
     generator = Generator.from_bundle(bundle8, "ort", threads=1)
@@ -58,19 +75,7 @@ def test_eight_concurrent_streams_equal_each_request_alone(server, bundle8):
     assert alone == in_process
 
     before = server.metrics()
-    got, start = {}, threading.Barrier(len(REQUESTS))
-
-    def run(i):
-        c = server.openai()
-        start.wait()
-        got[i] = stream_text(c, *REQUESTS[i])
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(REQUESTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
-    assert [got.get(i) for i in range(len(REQUESTS))] == alone
+    assert asyncio.run(stream_all_at_once(server.socket, client.models.list().data[0].id, REQUESTS)) == alone
 
     after = server.metrics()
     steps = after["merino_edge_decode_batch_size_count"] - before["merino_edge_decode_batch_size_count"]

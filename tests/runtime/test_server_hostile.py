@@ -97,6 +97,11 @@ def test_an_idle_kept_alive_connection_is_closed(server):
     assert raw.startswith(b"HTTP/1.1 200") and 0.8 < waited < 5
 
 
+def _health_status(server) -> int:
+    with server.client() as c:
+        return c.get("/health").status_code
+
+
 def test_connections_beyond_the_limit_get_503_and_the_server_recovers(server):
     idle = [connect(server) for _ in range(6)]
     try:
@@ -105,9 +110,10 @@ def test_connections_beyond_the_limit_get_503_and_the_server_recovers(server):
     finally:
         for s in idle:
             s.close()
-    time.sleep(0.2)
-    with server.client() as c:
-        assert c.get("/health").status_code == 200
+    deadline = time.monotonic() + 10  # the server notices the hang-ups at its own pace on a busy machine
+    while (status := _health_status(server)) == 503 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert status == 200
 
 
 def test_every_hostile_body_is_one_400_with_a_valid_body_and_one_outcome(server):
