@@ -10,7 +10,7 @@ and heads_i = E_i / 64 of the block that execution belongs to:
              past.{i}.key     KV     [batch, heads_i, past, 64]   (past may be 0 for the prompt)
              past.{i}.value   KV     [batch, heads_i, past, 64]
     outputs  logits           float32 [batch, keep, vocab]
-             present.{i}.key  KV     [batch, heads_i, total, 64]
+             present.{i}.key  KV     [batch, heads_i, total, 64]   (or [batch, heads_i, seq, 64]: see below)
              present.{i}.value KV    [batch, heads_i, total, 64]
 
 `logits_to_keep` is transformers' tensor form of that argument: generation
@@ -18,6 +18,17 @@ asks for the last column only (a 2,000-token prompt would otherwise make a
 [2000, vocab] float32 tensor, 256 MB at a 32k vocabulary, for one row of it),
 scoring for all of them.  The graph gathers those columns of the last hidden
 state before the head, so the head runs on them alone.
+
+Two ways to hand back the cache.  The FP16 graph (TensorRT's, and ONNX Runtime
+on a GPU) returns `present = Concat(past, new)`, which a runtime swaps with its
+past buffer.  The FP32 graph, and the int8/int4 graphs quantized from it, are
+for CPUs, where that Concat rewrites the whole cache every token (about as
+many bytes as the weights at 1,500 tokens of a 50M model): there `present.*`
+is only this step's K/V, [batch, heads_i, seq, 64] (its axis 2 is named
+"seq", not "total"), attention reads the past where it lies and adds the new
+columns apart (`_AppendCache.attend`), and the runtime writes the new columns
+into its cache itself.  A past of such a graph may hold columns beyond the
+real ones; the attention mask hides them like padding.
 
 KV is float32 in the FP32 graph and float16 in the FP16 graph, whose weights and
 activations are float16 too; LayerNorm and softmax run in float32 there (explicit
@@ -87,15 +98,28 @@ class _ExplicitCache:
         return present
 
 
-class CausalLMGraph(nn.Module):
-    """`MeRinoForCausalLM` with the flat signature of the graph contract above."""
+class _AppendCache(_ExplicitCache):
+    """Attention over the past and this step's K/V without concatenating them; the presents are the new K/V alone."""
 
-    def __init__(self, model: MeRinoForCausalLM):
+    def attend(self, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_bias: torch.Tensor, index: int) -> torch.Tensor:
+        past_key, past_value = self.pasts[index]
+        self.presents[index] = key, value
+        past = past_key.shape[-2]
+        scores = torch.cat([q @ past_key.transpose(-2, -1), q @ key.transpose(-2, -1)], dim=-1)  # [b, heads, s, past+s]
+        probs = torch.softmax(scores.float() + attn_bias, dim=-1).to(value.dtype)
+        return probs[..., :past] @ past_value + probs[..., past:] @ value
+
+
+class CausalLMGraph(nn.Module):
+    """`MeRinoForCausalLM` with the flat signature of the graph contract above (`append_kv`: presents are the new K/V)."""
+
+    def __init__(self, model: MeRinoForCausalLM, append_kv: bool = False):
         super().__init__()
         self.model = model
+        self.append_kv = append_kv
 
     def forward(self, input_ids, position_ids, attention_mask, logits_to_keep, *past):
-        cache = _ExplicitCache(zip(past[0::2], past[1::2], strict=True))
+        cache = (_AppendCache if self.append_kv else _ExplicitCache)(zip(past[0::2], past[1::2], strict=True))
         hidden = self.model.model(input_ids, attention_mask, position_ids, cache, use_cache=True).last_hidden_state
         logits = self.model.lm_head(hidden.index_select(1, logits_to_keep)).float()
         return (logits, *[t for present in cache.presents for t in present])
@@ -174,8 +198,12 @@ def export_layer(layer: MeRinoLayer, out_path: str | Path, *, fp16: bool = False
     return _export(LayerGraph(layer), args, inputs, outputs, axes, out_path, fp16=fp16, opset=opset)
 
 
-def export_onnx(model_or_ckpt: MeRinoForCausalLM | str | Path, out_path: str | Path, *, fp16: bool = False, opset: int = MIN_OPSET) -> Path:
-    """Export a `MeRinoForCausalLM` (or a checkpoint directory) to the single graph of the contract above."""
+def export_onnx(model_or_ckpt: MeRinoForCausalLM | str | Path, out_path: str | Path, *, fp16: bool = False, append_kv: bool = False,
+                opset: int = MIN_OPSET) -> Path:
+    """Export a `MeRinoForCausalLM` (or a checkpoint directory) to the single graph of the contract above.
+
+    `append_kv`: the CPU form, whose presents are this step's K/V only.
+    """
     model = _load_model(model_or_ckpt)
     arch = model.config.to_arch()
     inputs, outputs = graph_names(arch)
@@ -191,8 +219,8 @@ def export_onnx(model_or_ckpt: MeRinoForCausalLM | str | Path, out_path: str | P
     axes = {"input_ids": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"},
             "logits_to_keep": {0: "keep"}, "logits": {0: "batch", 1: "keep"}}
     axes.update({name: {0: "batch", 2: "past"} for name in inputs[4:]})
-    axes.update({name: {0: "batch", 2: "total"} for name in outputs[1:]})
-    return _export(CausalLMGraph(model), tuple(args), inputs, outputs, axes, out_path, fp16=fp16, opset=opset, tied_embedding=True)
+    axes.update({name: {0: "batch", 2: "seq" if append_kv else "total"} for name in outputs[1:]})
+    return _export(CausalLMGraph(model, append_kv), tuple(args), inputs, outputs, axes, out_path, fp16=fp16, opset=opset, tied_embedding=True)
 
 
 def _export(module, args, input_names, output_names, dynamic_axes, out_path, *, fp16, opset, tied_embedding=False) -> Path:

@@ -122,7 +122,7 @@ def export_bundle(
     for precision in steps:
         steps.set_postfix_str(precision)
         onnx_file = out / GRAPH_FILES[precision]
-        export_onnx(str(ckpt), onnx_file, fp16=precision == "fp16", opset=opset)
+        export_onnx(str(ckpt), onnx_file, fp16=precision == "fp16", append_kv=precision != "fp16", opset=opset)
         data_file = onnx_file.with_name(onnx_file.name + ".data")  # export_onnx's external data file
         graphs[precision] = {
             "file": onnx_file.name,

@@ -63,12 +63,19 @@ class MeRinoAttention(nn.Module):
         q = split_heads(self.q_proj(x)) * self.head_dim**-0.5
         k = split_heads(self.k_proj(x))
         v = split_heads(self.v_proj(x))
-        if cache is not None:
-            k, v = cache.update(k, v, cache_index)
-        scores = q @ k.transpose(-2, -1)  # [b, heads, s, past+s]
-        probs = torch.softmax(scores.float() + attn_bias, dim=-1).to(v.dtype)
-        y = (probs @ v).transpose(1, 2).reshape(b, s, e)
-        return self.o_proj(y)
+        if hasattr(cache, "attend"):  # a cache that reads its past where it lies (the CPU graphs', export/onnx.py)
+            y = cache.attend(q, k, v, attn_bias, cache_index)
+        else:
+            if cache is not None:
+                k, v = cache.update(k, v, cache_index)
+            y = attend(q, k, v, attn_bias)
+        return self.o_proj(y.transpose(1, 2).reshape(b, s, e))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+    """softmax(q k^T + bias) v over [b, heads, s, 64] queries and [b, heads, past+s, 64] keys and values."""
+    probs = torch.softmax((q @ k.transpose(-2, -1)).float() + attn_bias, dim=-1).to(v.dtype)
+    return probs @ v
 
 
 class MeRinoMLP(nn.Module):

@@ -15,13 +15,19 @@ def session(path):
 
 
 def run_graph(sess, arch, ids, mask, positions, past, kv_dtype=np.float32, keep=None):
-    """One call of the exported graph; `past` is the list of present tensors of the previous call (or None); logits of every column unless `keep`."""
+    """One call of the exported graph; logits of every column unless `keep`, and the cache after it.
+
+    `past` is the cache after the previous call (or None).  The cache after a call is what the graph
+    returns: past + new in the concat form, and the past followed by the new columns in the append form.
+    """
     if past is None:
         past = [np.zeros((ids.shape[0], h, 0, arch.head_dim), kv_dtype) for h in arch.layer_heads() for _ in "kv"]
     keep = np.arange(ids.shape[1]) if keep is None else np.asarray(keep, np.int64)
     feed = {"input_ids": ids, "position_ids": positions, "attention_mask": mask, "logits_to_keep": keep}
     feed.update(zip(graph_names(arch)[0][4:], past, strict=True))
     logits, *present = sess.run(None, feed)
+    if present[0].shape[2] == ids.shape[1] != mask.shape[1]:  # the append form with a past: the new columns alone
+        present = [np.concatenate([p, new], axis=2) for p, new in zip(past, present, strict=True)]
     return logits, present
 
 
@@ -41,11 +47,12 @@ def ort_greedy(sess, arch, prompt, steps, kv_dtype=np.float32):
     return tokens, all_logits
 
 
-@pytest.fixture(scope="module", params=["shared", "unshared"])
+@pytest.fixture(scope="module", params=[("shared", False), ("shared", True), ("unshared", False), ("unshared", True)], ids=lambda p: f"{p[0]}-{'append' if p[1] else 'concat'}")
 def exported(request, tmp_path_factory):
-    arch = ARCHS[request.param]
+    name, append_kv = request.param
+    arch = ARCHS[name]
     model = tiny_model(arch, seed=5)
-    path = export_onnx(model, tmp_path_factory.mktemp(request.param) / "model.onnx")
+    path = export_onnx(model, tmp_path_factory.mktemp(f"{name}-{'append' if append_kv else 'concat'}") / "model.onnx", append_kv=append_kv)
     return arch, model, path
 
 
@@ -99,6 +106,7 @@ def test_logits_to_keep_returns_only_those_columns_with_the_same_values(exported
 def test_graph_io_follows_the_contract(exported):
     arch, _, path = exported
     graph = onnx.load(str(path), load_external_data=False).graph
+    appends = "append" in path.parent.name
     inputs, outputs = graph_names(arch)
     assert [i.name for i in graph.input] == inputs
     assert [o.name for o in graph.output] == outputs
@@ -113,7 +121,7 @@ def test_graph_io_follows_the_contract(exported):
     assert shape(by_name["logits"]) == ["batch", "keep", arch.vocab_size]
     for i, heads in enumerate(arch.layer_heads()):
         assert shape(by_name[f"past.{i}.key"]) == ["batch", heads, "past", 64]
-        assert shape(by_name[f"present.{i}.value"]) == ["batch", heads, "total", 64]
+        assert shape(by_name[f"present.{i}.value"]) == ["batch", heads, "seq" if appends else "total", 64]
     assert {o.type.tensor_type.elem_type for o in graph.output} == {TensorProto.FLOAT}
     assert graph.input[0].type.tensor_type.elem_type == TensorProto.INT64
 
@@ -129,6 +137,28 @@ def test_weights_are_stored_once_in_one_external_file(exported):
     assert (path.parent / "model.onnx.data").stat().st_size == 4 * arch.params()
     onnx.checker.check_model(str(path), full_check=True)
     check_operators(path)  # raises on anything TensorRT could not take
+
+
+def test_the_append_form_reads_its_past_in_place_and_ignores_masked_columns_beyond_it(tmp_path):
+    arch = ARCHS["unshared"]
+    model = tiny_model(arch, seed=5)
+    path = export_onnx(model, tmp_path / "model.onnx", append_kv=True)
+    graph = onnx.load(str(path), load_external_data=False).graph
+    pasts = set(graph_names(arch)[0][4:])
+    assert not [n.name for n in graph.node if n.op_type == "Concat" and pasts & set(n.input)]  # the cache is never copied
+    sess, rng = session(path), np.random.default_rng(4)
+    ids = rng.integers(4, arch.vocab_size, (1, 6))
+    _, past = run_graph(sess, arch, ids, np.ones((1, 6), np.int64), np.arange(6)[None], None)
+    step = rng.integers(4, arch.vocab_size, (1, 1))
+    want, _ = run_graph(sess, arch, step, np.ones((1, 7), np.int64), np.asarray([[6]]), past)
+    # the same past laid out with 5 more columns of junk behind it, hidden by the mask
+    padded = [np.concatenate([p, rng.normal(0, 10, (*p.shape[:2], 5, p.shape[3])).astype(np.float32)], axis=2) for p in past]
+    mask = np.concatenate([np.ones((1, 6)), np.zeros((1, 5)), np.ones((1, 1))], axis=1).astype(np.int64)
+    feed = {"input_ids": step, "position_ids": np.asarray([[6]]), "attention_mask": mask, "logits_to_keep": np.asarray([0])}
+    feed.update(zip(graph_names(arch)[0][4:], padded, strict=True))
+    got, *new = sess.run(None, feed)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+    assert [n.shape for n in new] == [(1, h, 1, arch.head_dim) for h in arch.layer_heads() for _ in "kv"]
 
 
 @pytest.fixture(scope="module")

@@ -66,6 +66,20 @@ def test_fp16_greedy_matches_fp32_on_short_prompt(tiny_bundle):
     assert fp16.generate("Hello world", params).token_ids == fp32.generate("Hello world", params).token_ids
 
 
+def test_the_cpu_graph_appends_to_its_cache_where_the_fp16_graph_rewrites_it(tiny_bundle):
+    fp32, fp16 = (create_backend(tiny_bundle, "ort", threads=1, precision=p) for p in ("fp32", "fp16"))
+    assert fp32.appends and not fp16.appends
+    layouts = {}
+    for backend in (fp32, fp16):
+        backend.prefill(np.arange(1, 8)[None])
+        seen = set()
+        for _ in range(100):
+            backend.decode([5])
+            seen.add((id(backend._batch.past[0]), backend._batch.capacity))  # where the next step reads its past, and its stride
+        layouts[backend.precision] = len(seen)
+    assert layouts["fp16"] == 100  # a new cache every token: past + new, written in full
+    assert layouts["fp32"] <= 5  # 7 + 100 tokens in layouts of 32, 64, 96 and 128 columns: laid out again only to grow
+
 def test_context_and_batch_limits(tiny_bundle):
     backend = create_backend(tiny_bundle, "ort", threads=1)
     with pytest.raises(InputError, match="decode before prefill"):

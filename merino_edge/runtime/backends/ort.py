@@ -3,16 +3,29 @@
 The KV cache lives in buffers allocated once, at the bundle's max context:
 two per cache tensor (`past.{i}.key`, `past.{i}.value`), a batch pair sized
 for the slots (or the largest padded batch) and a one-row pair for the side
-cache where continuous batching prefills a joining sequence.  Each step binds
-(IO binding, by pointer) `past.{i}.*` to the front of one buffer, shaped
-[rows, heads, past, head_dim], and `present.{i}.*` to the other, shaped for
-past + seq, and the next step swaps them, so nothing is allocated or copied per
-token beyond what the graph's own Concat writes.  A join or leave writes the
-new or moved rows in place, or the whole batch cache into the spare buffer
-when its columns change (`place_rows`).  On the CPU the buffers
-are numpy arrays; on a GPU provider they are device OrtValues, and a join or
-leave goes through a host copy.  Decode logits go to a preallocated
-[max_batch, V] buffer as well.
+cache where continuous batching prefills a joining sequence.  A buffer holds
+[rows, heads, capacity, head_dim] at its front; each step binds (IO binding,
+by pointer) `past.{i}.*` to that, so nothing is allocated per token.
+
+The graph hands back the cache in one of two forms (export/onnx.py):
+
+- concat (the FP16 graph): `present.{i}.*` = past + new is bound to the other
+  buffer of the pair, shaped for past + seq, and the next step swaps them;
+  the capacity is always the past length.
+- append (the CPU graphs: FP32, int8, int4): `present.{i}.*` is the new
+  columns alone; they are written into the buffer after the past, and the
+  past stays where it is.  The capacity runs ahead of the past
+  (`_capacity_for`); the columns beyond the past are hidden by the mask, and
+  only when the past outgrows the capacity is the cache rewritten, with room
+  for a sixteenth more, into the other buffer.  So a decode step reads the
+  cache once and writes one column, where the concat form rewrites it all.
+
+A join or leave writes the new or moved rows in place, or the whole batch
+cache into the spare buffer when its columns change (`place_rows`).  On the
+CPU the buffers are numpy arrays; on a GPU provider they are device
+OrtValues, and a join, a leave, or an append goes through a host copy (the
+FP16 graph, the one for GPUs, needs no appends).  Decode logits go to a
+preallocated [max_batch, V] buffer as well.
 """
 
 from __future__ import annotations
@@ -47,10 +60,14 @@ def resolve_provider(provider: str | None) -> str:
 
 
 class _KVBuffers:
-    """Two flat buffers per cache tensor, rows x heads x max_context x head_dim: the graph reads `past[t]` and writes `spare[t]`."""
+    """Two flat buffers per cache tensor, rows x heads x max_context x head_dim: the graph reads `past[t]`.
+
+    `past[t]` holds [rows, heads, capacity, head_dim] at its front; the concat form writes `spare[t]`.
+    """
 
     def __init__(self, ort, rows: int, tensor_heads: list[int], max_context: int, head_dim: int, dtype, device: str):
         self.rows = rows
+        self.capacity = 0
 
         def alloc(heads: int):
             size = rows * heads * max_context * head_dim
@@ -109,6 +126,7 @@ class OrtBackend(Backend):
         self._batch: _KVBuffers | None = None
         self._side: _KVBuffers | None = None
         self._decode_logits = np.empty((self.max_batch, self.vocab_size), np.float32)
+        self._new_columns = [np.empty(self.max_batch * h * self.head_dim, self.kv_dtype) for h in self._tensor_heads]  # append form, decode
 
     def _auto_precision(self, bundle: Bundle) -> str:
         """fp16 on a GPU where the bundle has it; on a CPU the smallest graph within its stored quality bound."""
@@ -128,6 +146,14 @@ class OrtBackend(Backend):
                 f"graph inputs are not those of the bundle's arch for this merino-edge (missing {missing}, unexpected {extra}); export the bundle again"
             )
         self.kv_dtype = _DTYPES[inputs["past.0.key"].type]
+        present = next(o for o in self.session.get_outputs() if o.name == "present.0.key")
+        self.appends = present.shape[2] == "seq"  # the append form: presents are the new columns alone
+
+    def _capacity_for(self, columns: int) -> int:
+        """Columns to lay the cache out for, to hold `columns`: exactly those (concat form), or a sixteenth more, 16 at least."""
+        if not self.appends:
+            return columns
+        return min(self.max_context, -(-(columns + max(16, columns // 16)) // 16) * 16)
 
     def _buffers(self, rows: int) -> _KVBuffers:
         return _KVBuffers(_ort(), rows, self._tensor_heads, self.max_context, self.head_dim, self.kv_dtype, self.device)
@@ -139,7 +165,7 @@ class OrtBackend(Backend):
             self._side = self._buffers(1)
 
     def _reset(self) -> None:
-        pass  # the cache length is the mask's: the next prefill binds an empty past
+        pass  # the cache length is the mask's: the next prefill binds an empty past and lays the cache out afresh
 
     def _forward(self, input_ids, position_ids, attention_mask, last, side=False):
         b, s = input_ids.shape
@@ -150,6 +176,13 @@ class OrtBackend(Backend):
             if self._batch is None or self._batch.rows < b:
                 self._batch = self._buffers(b)
             kv = self._batch
+        if past == 0:
+            kv.capacity = self._capacity_for(s) if self.appends else 0
+        elif self.appends and past + s > kv.capacity:
+            self._grow(kv, b, past, self._capacity_for(past + s))
+        bound = kv.capacity if past else 0  # past columns the graph reads: the layout's, masked beyond `past`
+        if bound > past:
+            attention_mask = np.concatenate([attention_mask[:, :past], np.zeros((b, bound - past), np.int64), attention_mask[:, past:]], axis=1)
         io = self._io
         io.clear_binding_inputs()
         io.clear_binding_outputs()
@@ -165,37 +198,68 @@ class OrtBackend(Backend):
             io.bind_output("logits", "cpu")
         for t, h in enumerate(self._tensor_heads):
             name = f"{t // 2}.{('key', 'value')[t % 2]}"
-            io.bind_input(f"past.{name}", self.device, 0, self.kv_dtype, [b, h, past, self.head_dim], _pointer(kv.past[t]))
-            io.bind_output(f"present.{name}", self.device, 0, self.kv_dtype, [b, h, past + s, self.head_dim], _pointer(kv.spare[t]))
+            io.bind_input(f"past.{name}", self.device, 0, self.kv_dtype, [b, h, bound, self.head_dim], _pointer(kv.past[t]))
+            if not self.appends:
+                io.bind_output(f"present.{name}", self.device, 0, self.kv_dtype, [b, h, past + s, self.head_dim], _pointer(kv.spare[t]))
+            elif decoding:
+                io.bind_output(f"present.{name}", "cpu", 0, self.kv_dtype, [b, h, 1, self.head_dim], self._new_columns[t].ctypes.data)
+            else:
+                io.bind_output(f"present.{name}", "cpu")
         self.session.run_with_iobinding(io)
-        kv.swap()
+        if self.appends:
+            new = [c[: b * h * self.head_dim].reshape(b, h, 1, self.head_dim) for c, h in zip(self._new_columns, self._tensor_heads, strict=True)] \
+                if decoding else [v.numpy() for v in io.get_outputs()[1:]]
+            for buffer, columns in zip(kv.past, new, strict=True):
+                contents = _host(buffer)
+                self._view(contents, columns.shape[1], b, kv.capacity)[:, :, past : past + s] = columns
+                _commit(buffer, contents)
+        else:
+            kv.swap()
+            kv.capacity = past + s
         if decoding:
             return self._decode_logits[:b].copy()
         logits = io.get_outputs()[0].numpy()  # [b, keep, V]
         return logits[np.arange(b), where]
 
-    def _view(self, contents: np.ndarray, heads: int, rows: int, past: int) -> np.ndarray:
-        return contents[: rows * heads * past * self.head_dim].reshape(rows, heads, past, self.head_dim)
+    def _view(self, contents: np.ndarray, heads: int, rows: int, capacity: int, columns: int | None = None) -> np.ndarray:
+        """[rows, heads, capacity, head_dim] at the front of a flat buffer; its first `columns` only when given."""
+        view = contents[: rows * heads * capacity * self.head_dim].reshape(rows, heads, capacity, self.head_dim)
+        return view if columns is None else view[:, :, :columns]
+
+    def _grow(self, kv: _KVBuffers, rows: int, past: int, capacity: int) -> None:
+        """Lay `rows` rows of `past` columns out again for `capacity` columns, in the spare buffer, which becomes the cache."""
+        for t, h in enumerate(self._tensor_heads):
+            target = _host(kv.spare[t])
+            self._view(target, h, rows, capacity, past)[:] = self._view(_host(kv.past[t]), h, rows, kv.capacity, past)
+            _commit(kv.spare[t], target)
+        kv.swap()
+        kv.capacity = capacity
 
     def _relayout(self, placements, rows, past, in_place):
         old_rows, old_past = self.batch_size, self.past_length
+        batch_kv, side_kv = self._batch, self._side
+        capacity = batch_kv.capacity if in_place else self._capacity_for(past)
         for t, h in enumerate(self._tensor_heads):
-            batch = self._view(_host(self._batch.past[t]), h, self._batch.rows if in_place else old_rows, old_past)
-            side = self._view(_host(self._side.past[t]), h, 1, self._side_length)
-            buffer = self._batch.past[t] if in_place else self._batch.spare[t]
+            batch = self._view(_host(batch_kv.past[t]), h, batch_kv.rows if in_place else old_rows, batch_kv.capacity, old_past)
+            side = self._view(_host(side_kv.past[t]), h, 1, side_kv.capacity, self._side_length)
+            buffer = batch_kv.past[t] if in_place else batch_kv.spare[t]
             target = _host(buffer)  # on the CPU the buffer itself (`batch` may view it too)
-            place_rows(self._view(target, h, rows, past), [(k, side if from_side else batch, r, n) for k, from_side, r, n in placements])
+            place_rows(self._view(target, h, rows, capacity, past), [(k, side if from_side else batch, r, n) for k, from_side, r, n in placements])
             _commit(buffer, target)
         if not in_place:
-            self._batch.swap()
+            batch_kv.swap()
+            batch_kv.capacity = capacity
 
     def _side_kv(self) -> list[np.ndarray]:
-        return [self._view(_host(buf), h, 1, self._side_length).copy() for buf, h in zip(self._side.past, self._tensor_heads, strict=True)]
+        side = self._side
+        return [self._view(_host(buf), h, 1, side.capacity, self._side_length).copy() for buf, h in zip(side.past, self._tensor_heads, strict=True)]
 
     def _set_side_kv(self, arrays) -> None:
-        for buf, kv in zip(self._side.past, arrays, strict=True):
+        side = self._side
+        side.capacity = self._capacity_for(arrays[0].shape[2])
+        for buf, kv in zip(side.past, arrays, strict=True):
             contents = _host(buf)
-            contents[: kv.size] = kv.ravel()
+            self._view(contents, kv.shape[1], 1, side.capacity, kv.shape[2])[:] = kv
             _commit(buf, contents)
 
     def score(self, input_ids, attention_mask=None) -> np.ndarray:
