@@ -1,9 +1,10 @@
 """ONNX Runtime backend: the bundle's graph on any installed execution provider.
 
 The KV cache lives in buffers allocated once, at the bundle's max context:
-two per cache tensor (`past.{i}.key`, `past.{i}.value`), a batch pair sized
-for the slots (or the largest padded batch) and a one-row pair for the side
-cache where continuous batching prefills a joining sequence.  A buffer holds
+per cache tensor (`past.{i}.key`, `past.{i}.value`) a pair of them (one in
+the append form below) sized for the slots (or the largest padded batch),
+and a one-row pair for the side cache where continuous batching prefills a
+joining sequence.  A buffer holds
 [rows, heads, capacity, head_dim] at its front; each step binds (IO binding,
 by pointer) `past.{i}.*` to that, so nothing is allocated per token.
 
@@ -16,16 +17,23 @@ The graph hands back the cache in one of two forms (export/onnx.py):
   columns alone; they are written into the buffer after the past, and the
   past stays where it is.  The capacity runs ahead of the past
   (`_capacity_for`); the columns beyond the past are hidden by the mask, and
-  only when the past outgrows the capacity is the cache rewritten, with room
-  for a sixteenth more, into the other buffer.  So a decode step reads the
-  cache once and writes one column, where the concat form rewrites it all.
+  only when the past outgrows the capacity is the cache laid out again, in
+  place, with room for a sixteenth more.  So a decode step reads the cache
+  once and writes one column, where the concat form rewrites it all, and
+  there is one buffer per cache tensor instead of two.
 
-A join or leave writes the new or moved rows in place, or the whole batch
-cache into the spare buffer when its columns change (`place_rows`).  On the
+A join or leave writes the new or moved rows in place, or, when the columns
+change, the whole batch cache into the spare buffer (`place_rows`; in the
+append form into the same buffer, from a copy of the old rows).  On the
 CPU the buffers are numpy arrays; on a GPU provider they are device
 OrtValues, and a join, a leave, or an append goes through a host copy (the
 FP16 graph, the one for GPUs, needs no appends).  Decode logits go to a
 preallocated [max_batch, V] buffer as well.
+
+A prompt runs in chunks of `prefill_chunk` tokens, each against the cache the
+ones before it left, so that the activations of a 1,500-token prompt (its
+attention scores above all, and ONNX Runtime's memory arena keeps its peak)
+stay a few MB.
 """
 
 from __future__ import annotations
@@ -60,12 +68,13 @@ def resolve_provider(provider: str | None) -> str:
 
 
 class _KVBuffers:
-    """Two flat buffers per cache tensor, rows x heads x max_context x head_dim: the graph reads `past[t]`.
+    """Flat buffers per cache tensor, rows x heads x max_context x head_dim: the graph reads `past[t]`.
 
-    `past[t]` holds [rows, heads, capacity, head_dim] at its front; the concat form writes `spare[t]`.
+    `past[t]` holds [rows, heads, capacity, head_dim] at its front; the concat form writes `spare[t]`
+    (`spare`: whether there is one).
     """
 
-    def __init__(self, ort, rows: int, tensor_heads: list[int], max_context: int, head_dim: int, dtype, device: str):
+    def __init__(self, ort, rows: int, tensor_heads: list[int], max_context: int, head_dim: int, dtype, device: str, spare: bool):
         self.rows = rows
         self.capacity = 0
 
@@ -74,7 +83,7 @@ class _KVBuffers:
             return np.zeros(size, dtype) if device == "cpu" else ort.OrtValue.ortvalue_from_shape_and_type([size], dtype, device, 0)
 
         self.past = [alloc(h) for h in tensor_heads]
-        self.spare = [alloc(h) for h in tensor_heads]
+        self.spare = [alloc(h) for h in tensor_heads] if spare else []
 
     def swap(self) -> None:
         self.past, self.spare = self.spare, self.past
@@ -97,6 +106,7 @@ def _commit(buffer, contents: np.ndarray) -> None:
 
 class OrtBackend(Backend):
     name = "ort"
+    prefill_chunk = 256  # prompt tokens per graph call: a long prompt's attention scores are heads x 256 x its length, not x its length squared
 
     def __init__(self, bundle: Bundle, *, threads: int | None = None, provider: str | None = None, precision: str | None = None):
         ort = _ort()
@@ -156,7 +166,7 @@ class OrtBackend(Backend):
         return min(self.max_context, -(-(columns + max(16, columns // 16)) // 16) * 16)
 
     def _buffers(self, rows: int) -> _KVBuffers:
-        return _KVBuffers(_ort(), rows, self._tensor_heads, self.max_context, self.head_dim, self.kv_dtype, self.device)
+        return _KVBuffers(_ort(), rows, self._tensor_heads, self.max_context, self.head_dim, self.kv_dtype, self.device, spare=not self.appends)
 
     def _allocate(self, rows: int) -> None:
         if self._batch is None or self._batch.rows < rows:
@@ -180,6 +190,18 @@ class OrtBackend(Backend):
             kv.capacity = self._capacity_for(s) if self.appends else 0
         elif self.appends and past + s > kv.capacity:
             self._grow(kv, b, past, self._capacity_for(past + s))
+        logits = None
+        for start in range(0, s, self.prefill_chunk):
+            end = min(s, start + self.prefill_chunk)
+            part = self._run(kv, input_ids[:, start:end], position_ids[:, start:end], attention_mask[:, : past + end], np.clip(last - start, 0, end - start - 1))
+            mine = (last >= start) & (last < end)  # the rows whose last column is in this chunk
+            logits = part if logits is None else np.where(mine[:, None], part, logits)
+        return logits
+
+    def _run(self, kv: _KVBuffers, input_ids, position_ids, attention_mask, last) -> np.ndarray:
+        """One graph call on `kv`, whose layout already has room for the new columns."""
+        b, s = input_ids.shape
+        past = attention_mask.shape[1] - s
         bound = kv.capacity if past else 0  # past columns the graph reads: the layout's, masked beyond `past`
         if bound > past:
             attention_mask = np.concatenate([attention_mask[:, :past], np.zeros((b, bound - past), np.int64), attention_mask[:, past:]], axis=1)
@@ -227,28 +249,33 @@ class OrtBackend(Backend):
         return view if columns is None else view[:, :, :columns]
 
     def _grow(self, kv: _KVBuffers, rows: int, past: int, capacity: int) -> None:
-        """Lay `rows` rows of `past` columns out again for `capacity` columns, in the spare buffer, which becomes the cache."""
-        for t, h in enumerate(self._tensor_heads):
-            target = _host(kv.spare[t])
-            self._view(target, h, rows, capacity, past)[:] = self._view(_host(kv.past[t]), h, rows, kv.capacity, past)
-            _commit(kv.spare[t], target)
-        kv.swap()
+        """Lay `rows` rows of `past` columns out again for `capacity` columns, in the same buffer.
+
+        numpy sees that the old and the new layout overlap and copies through a temporary, one cache tensor at a time.
+        """
+        for buffer, h in zip(kv.past, self._tensor_heads, strict=True):
+            contents = _host(buffer)
+            self._view(contents, h, rows, capacity, past)[:] = self._view(contents, h, rows, kv.capacity, past)
+            _commit(buffer, contents)
         kv.capacity = capacity
 
     def _relayout(self, placements, rows, past, in_place):
         old_rows, old_past = self.batch_size, self.past_length
         batch_kv, side_kv = self._batch, self._side
         capacity = batch_kv.capacity if in_place else self._capacity_for(past)
+        spare = not in_place and not self.appends  # the append form rewrites its one buffer, from a copy of the old rows
         for t, h in enumerate(self._tensor_heads):
             batch = self._view(_host(batch_kv.past[t]), h, batch_kv.rows if in_place else old_rows, batch_kv.capacity, old_past)
+            if not in_place and self.appends:
+                batch = batch.copy()
             side = self._view(_host(side_kv.past[t]), h, 1, side_kv.capacity, self._side_length)
-            buffer = batch_kv.past[t] if in_place else batch_kv.spare[t]
+            buffer = batch_kv.spare[t] if spare else batch_kv.past[t]
             target = _host(buffer)  # on the CPU the buffer itself (`batch` may view it too)
             place_rows(self._view(target, h, rows, capacity, past), [(k, side if from_side else batch, r, n) for k, from_side, r, n in placements])
             _commit(buffer, target)
-        if not in_place:
+        if spare:
             batch_kv.swap()
-            batch_kv.capacity = capacity
+        batch_kv.capacity = capacity
 
     def _side_kv(self) -> list[np.ndarray]:
         side = self._side
