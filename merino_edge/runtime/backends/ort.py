@@ -33,7 +33,11 @@ preallocated [max_batch, V] buffer as well.
 A prompt runs in chunks of `prefill_chunk` tokens, each against the cache the
 ones before it left, so that the activations of a 1,500-token prompt (its
 attention scores above all, and ONNX Runtime's memory arena keeps its peak)
-stay a few MB.
+stay a few MB; in the append form the layout at least doubles from one chunk
+to the next, so that its copies add up to one cache.  Measured on the 50M
+arch at int4, a 1,500-token prompt: chunks of 64 tokens peak at 375 MiB RSS
+and 4.1 s to the first token; 256 tokens, 536 MiB and 5.3 s; the whole
+prompt at once, 1,205 MiB and 5.0 s.
 """
 
 from __future__ import annotations
@@ -106,7 +110,7 @@ def _commit(buffer, contents: np.ndarray) -> None:
 
 class OrtBackend(Backend):
     name = "ort"
-    prefill_chunk = 256  # prompt tokens per graph call: a long prompt's attention scores are heads x 256 x its length, not x its length squared
+    prefill_chunk = 64  # prompt tokens per graph call: a long prompt's attention scores are heads x 64 x its length, not x its length squared
 
     def __init__(self, bundle: Bundle, *, threads: int | None = None, provider: str | None = None, precision: str | None = None):
         ort = _ort()
@@ -186,13 +190,14 @@ class OrtBackend(Backend):
             if self._batch is None or self._batch.rows < b:
                 self._batch = self._buffers(b)
             kv = self._batch
-        if past == 0:
-            kv.capacity = self._capacity_for(s) if self.appends else 0
-        elif self.appends and past + s > kv.capacity:
-            self._grow(kv, b, past, self._capacity_for(past + s))
         logits = None
         for start in range(0, s, self.prefill_chunk):
             end = min(s, start + self.prefill_chunk)
+            cached = past + start  # columns in the cache before this chunk
+            if cached == 0:
+                kv.capacity = self._capacity_for(end) if self.appends else 0
+            elif self.appends and past + end > kv.capacity:  # at least double in a long prompt, so that its copies add up to one cache
+                self._grow(kv, b, cached, self._capacity_for(min(past + s, max(past + end, 2 * kv.capacity))))
             part = self._run(kv, input_ids[:, start:end], position_ids[:, start:end], attention_mask[:, : past + end], np.clip(last - start, 0, end - start - 1))
             mine = (last >= start) & (last < end)  # the rows whose last column is in this chunk
             logits = part if logits is None else np.where(mine[:, None], part, logits)
