@@ -87,6 +87,8 @@ class Backend(ABC):
     max_batch: int
     vocab_size: int
 
+    kv_value_bytes: int = 4  # bytes of one cached K or V value
+    kv_buffers: int = 2  # buffers per cache tensor: past and present, swapped each step
     prefix_reuse: bool = True  # whether `join` may start from a prefix cache's K/V
     slots: int = 0  # rows `open_slots` allocated for
 

@@ -42,9 +42,8 @@ DEFAULT_MAX_PARALLEL = 8
 
 
 def slot_bytes(backend, arch) -> int:
-    """KV memory one slot takes: its two buffers (past and present) at the backend's full context."""
-    value_bytes = 2 if backend.precision == "fp16" else 4
-    return 2 * backend.max_context * arch.kv_cache_bytes_per_token(value_bytes)
+    """KV memory one slot takes: its buffers (past and present, or the one an append-form cache grows in) at the backend's full context."""
+    return backend.kv_buffers * backend.max_context * arch.kv_cache_bytes_per_token(backend.kv_value_bytes)
 
 
 def default_parallel(backend, arch, available_bytes: int | None = None) -> int:

@@ -19,6 +19,7 @@ from merino_edge.errors import InputError
 from merino_edge.export.package import export_bundle
 from merino_edge.export.quality import EVAL_SEQ_LEN, EVAL_TOKENS
 from merino_edge.runtime import Generator, SamplingParams, create_backend
+from merino_edge.runtime.scheduler import slot_bytes
 from merino_edge.tokenizer import Tokenizer
 from merino_edge.training.data import held_out_windows
 
@@ -84,6 +85,19 @@ def test_quantized_graph_stores_shared_and_tied_weights_once(quantized_bundle):
     assert len({t.name for t in int4.initializer}) == len(int4.initializer)
     assert ops["GatherBlockQuantized"] == 1  # the token lookup reads the quantized head
     assert not any(t.name in fp32_weights or t.name.endswith("embed_tokens.weight") for t in int4.initializer)
+
+
+def test_quantized_graphs_keep_a_float16_cache_the_backend_appends_to(quantized_bundle):
+    bundle = Bundle.load(quantized_bundle)
+    assert bundle.manifest.graphs["int4"]["io_dtype"] == {"kv": "float16", "logits": "float32"}
+    fp32, int4 = (create_backend(bundle, "ort", threads=1, precision=p) for p in ("fp32", "int4"))
+    assert (fp32.kv_dtype, int4.kv_dtype) == (np.float32, np.float16) and fp32.appends and int4.appends
+    assert slot_bytes(int4, bundle.arch) * 2 == slot_bytes(fp32, bundle.arch) == bundle.max_context * bundle.arch.kv_cache_bytes_per_token(4)
+    # decoding from the float16 cache gives the logits of the same graph run over the whole text at once, up to its rounding
+    ids = [5, 6, 7, 8, 9, 10, 11, 12, 13]
+    steps = [int4.prefill(np.array([ids[:6]]))] + [int4.decode([token]) for token in ids[6:-1]]
+    whole = int4.score(np.array([ids[:-1]]))[0, 5:]
+    np.testing.assert_allclose(np.stack(steps)[:, 0], whole, atol=1e-3, rtol=0)
 
 
 def test_held_out_perplexity_is_measured_and_bounded(quantized_bundle):

@@ -162,6 +162,8 @@ class OrtBackend(Backend):
         self.kv_dtype = _DTYPES[inputs["past.0.key"].type]
         present = next(o for o in self.session.get_outputs() if o.name == "present.0.key")
         self.appends = present.shape[2] == "seq"  # the append form: presents are the new columns alone
+        self.kv_value_bytes = np.dtype(self.kv_dtype).itemsize
+        self.kv_buffers = 1 if self.appends else 2
 
     def _capacity_for(self, columns: int) -> int:
         """Columns to lay the cache out for, to hold `columns`: exactly those (concat form), or a sixteenth more, 16 at least."""

@@ -139,6 +139,7 @@ class TensorRTBackend(Backend):
 
     name = "tensorrt"
     precision = "fp16"
+    kv_value_bytes = 2
     prefix_reuse = False
 
     def __init__(self, bundle, *, threads: int | None = None, provider: str | None = None, precision: str | None = None, device: int = 0):
