@@ -21,7 +21,8 @@ weight bytes one decode step reads, counted from the graph itself (every
 initializer each node reads, each time it runs; a lookup reads one row), over
 this machine's copy bandwidth (a numpy copy on the same number of threads,
 bytes read + written).  transformers reads the fp32 weights.  Peak RSS is also
-given against the weights plus the fp32 KV cache at that context.
+given against the weights plus the KV cache at that context, in the graph's
+own cache type (float16 for int8 / int4, float32 for fp32 and transformers).
 
 With `--trained`, the quality of quantization is measured where it means
 something: that checkpoint (e.g. `benchmarks/train_cpu.py`'s model) exported
@@ -289,7 +290,8 @@ def main(argv=None) -> int:
                 runs.append(("transformers", "transformers generate() (fp32)", run_transformers(ckpt, context, threads, args, work / name / f"tf-{context}-{threads}.json")))
                 for precision, runtime, result in runs:
                     graph = "fp32" if precision == "transformers" else precision
-                    kv = arch.kv_cache_bytes_per_token(4) * (context + args.new_tokens)
+                    kv_bytes = 2 if precision in QUANTIZED and graphs[precision]["io_dtype"]["kv"] == "float16" else 4
+                    kv = arch.kv_cache_bytes_per_token(kv_bytes) * (context + args.new_tokens)
                     rows.append(
                         {
                             "arch": name, "arch_short": arch.short(), "params": arch.params(), "executed_params": arch.executed_params(),
