@@ -18,7 +18,7 @@ import dataclasses
 import sys
 
 from merino_edge import __version__
-from merino_edge.cli_flags import HelpFormatter, Parser, Subcommands, given, numbers, option, typed
+from merino_edge.cli_flags import PRESET_SETTINGS, HelpFormatter, Parser, Subcommands, given, numbers, option, typed
 from merino_edge.errors import MerinoError
 
 PROG = "merino-edge"
@@ -61,9 +61,11 @@ class _Preset(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
         from merino_edge.search.presets import PRESETS
 
+        made = {}
         for dest, setting in PRESETS[value].items():
             if not hasattr(namespace, dest):  # a flag given before --preset keeps its value, one given after replaces the preset's
-                setattr(namespace, dest, setting)
+                setattr(namespace, dest, made.setdefault(dest, setting))
+        setattr(namespace, PRESET_SETTINGS, made)
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
