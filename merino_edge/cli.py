@@ -18,7 +18,7 @@ import dataclasses
 import sys
 
 from merino_edge import __version__
-from merino_edge.cli_flags import HelpFormatter, Parser, Subcommands, given, numbers, option, typed
+from merino_edge.cli_flags import PRESET_SETTINGS, HelpFormatter, Parser, Subcommands, given, numbers, option, typed
 from merino_edge.errors import MerinoError
 
 PROG = "merino-edge"
@@ -61,9 +61,11 @@ class _Preset(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
         from merino_edge.search.presets import PRESETS
 
+        made = {}
         for dest, setting in PRESETS[value].items():
             if not hasattr(namespace, dest):  # a flag given before --preset keeps its value, one given after replaces the preset's
-                setattr(namespace, dest, setting)
+                setattr(namespace, dest, made.setdefault(dest, setting))
+        setattr(namespace, PRESET_SETTINGS, made)
 
 
 def _add_search(p: argparse.ArgumentParser) -> None:
@@ -451,7 +453,7 @@ def _add_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-body-bytes", type=int, default=1 << 20, metavar="N", help="largest request body in bytes; larger get 413")
     p.add_argument("--shutdown-grace", type=float, default=10.0, metavar="S", help="seconds running requests may finish after SIGTERM")
     limits = ConnectionLimits()
-    p.add_argument("--max-connections", type=int, default=limits.max_connections, metavar="N", help="open connections on both listeners; a request beyond them gets 503")
+    p.add_argument("--max-connections", type=int, default=limits.max_connections, metavar="N", help="open connections on all listeners (socket, TCP, metrics); a request beyond them gets 503")
     p.add_argument("--header-timeout", type=float, default=limits.header_timeout, metavar="S", help="seconds a connection may take to send its request head")
     p.add_argument("--body-timeout", type=float, default=limits.body_timeout, metavar="S", help="seconds a request may take to send its body; later gets 408")
     p.add_argument("--idle-timeout", type=float, default=limits.idle_timeout, metavar="S", help="seconds a kept-alive connection may sit idle")

@@ -37,6 +37,9 @@ class HelpFormatter(argparse.HelpFormatter):
         return f"{text} (default: {str(default).replace('%', '%%')})"
 
 
+PRESET_SETTINGS = "_preset_settings"  # where a preset flag leaves, in the namespace, the settings it made
+
+
 class Subcommands(argparse._SubParsersAction):
     """Sub-commands of a command that also runs alone (`profile` and `profile validate`).
 
@@ -45,7 +48,9 @@ class Subcommands(argparse._SubParsersAction):
     """
 
     def __call__(self, parser, namespace, values, option_string=None):
-        set_flags = [a.option_strings[0] for a in parser._actions if hasattr(a, "library_default") and hasattr(namespace, a.dest)]
+        preset = getattr(namespace, PRESET_SETTINGS, {})  # a preset's settings are not flags given (e.g. `search --preset paper build-table`)
+        set_flags = [a.option_strings[0] for a in parser._actions if hasattr(a, "library_default") and hasattr(namespace, a.dest)
+                     and not (a.dest in preset and getattr(namespace, a.dest) == preset[a.dest])]
         if set_flags:
             parser.error(f"{', '.join(set_flags)}: a flag of `{parser.prog}` alone; the flags of `{values[0]}` go after it")
         super().__call__(parser, namespace, values, option_string)

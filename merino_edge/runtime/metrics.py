@@ -1,8 +1,9 @@
 """Prometheus telemetry of the server, served on its own TCP address.
 
 Prometheus cannot scrape a Unix socket, so `/metrics` listens on TCP (default
-127.0.0.1:9464) from prometheus-client's own little HTTP server, with a
-registry of its own (nothing global).  Names follow Prometheus conventions:
+127.0.0.1:9464): prometheus-client's ASGI app, served by the API's own server
+on a listener of its own (`with_metrics`), so its connections are bounded and
+timed out like the API's, with a registry of its own (nothing global).  Names follow Prometheus conventions:
 `merino_edge_` prefix, base units, `_total` counters.  Labels are a small fixed
 set (request outcome, sensor and rail names from the board); nothing a client
 sends, and never prompt text, becomes part of a metric.
@@ -15,11 +16,10 @@ dashboard shows "no data" instead of a cold, idle, powerless board.
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, ProcessCollector, make_asgi_app
 from prometheus_client.core import GaugeMetricFamily
 
 from merino_edge import __version__
-from merino_edge.runtime.socket_path import bind_error, parse_host_port
 
 PREFIX = "merino_edge"
 DEFAULT_METRICS_ADDR = "127.0.0.1:9464"
@@ -128,14 +128,20 @@ def _labelled(name: str, doc: str, label: str, values: dict):
         yield family
 
 
-def start_metrics_server(addr: str, registry: CollectorRegistry):
-    """Serve `/metrics` of `registry` on `HOST:PORT` (port 0 picks a free one); returns (httpd, (host, port))."""
-    host, port = parse_host_port(addr, "--metrics-addr")
-    try:
-        httpd, _thread = start_http_server(port, addr=host, registry=registry)
-    except OSError as exc:
-        raise bind_error(f"cannot serve metrics on {addr}", exc) from None
-    return httpd, httpd.server_address[:2]
+def with_metrics(api, registry: CollectorRegistry, listener: tuple[str, int]):
+    """One ASGI app for every listener: connections to the metrics `listener` (host, port) get `registry`'s
+    exposition (any path), the rest `api`.  A wildcard listener takes whatever local address a connection reached."""
+    metrics = make_asgi_app(registry=registry)
+    host, port = listener
+    wildcard = host in ("0.0.0.0", "::")
+
+    async def app(scope, receive, send):
+        local = scope.get("server")
+        if scope["type"] == "http" and local is not None and local[1] == port and (wildcard or local[0] == host):
+            return await metrics(scope, receive, send)
+        return await api(scope, receive, send)
+
+    return app
 
 
 def start_tegrastats(metrics: ServerMetrics, interval_ms: int = 1000):

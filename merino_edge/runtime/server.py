@@ -3,7 +3,8 @@
 Endpoints: `POST /v1/completions`, `POST /v1/chat/completions` (both with SSE
 streaming), `GET /v1/models`, `GET /v1/models/{id}`, `GET /health` (503 while
 the model loads or the server shuts down, 200 when ready).  Metrics are served
-apart, on TCP (`metrics.py`).
+apart, on their own TCP listener (`metrics.py`), by the same server and so
+under the same connection limits and deadlines.
 
 Requests are continuously batched: up to `parallel` sequences decode together,
 more wait FIFO behind a bounded queue (`scheduler.py`); a full queue answers 429.  A client that
@@ -55,7 +56,7 @@ from merino_edge.errors import InputError, MerinoError
 from merino_edge.runtime.api_responses import DONE, ResponseWriter, public_timings, sse
 from merino_edge.runtime.api_schema import APIError, ApiRequest, parse_chat_request, parse_completion_request, parse_json_body
 from merino_edge.runtime.connection_limits import ConnectionLimits
-from merino_edge.runtime.metrics import DEFAULT_METRICS_ADDR, ServerMetrics, start_metrics_server, start_tegrastats
+from merino_edge.runtime.metrics import DEFAULT_METRICS_ADDR, ServerMetrics, start_tegrastats, with_metrics
 from merino_edge.runtime.scheduler import DEFAULT_PREFIX_CACHE_BYTES, Done, Failed, GenerationQueue, Job, default_parallel, slot_bytes
 from merino_edge.runtime.socket_path import (
     DEFAULT_BIND_RETRY_S,
@@ -143,12 +144,15 @@ class ServerState:
             what = "the model is still loading" if self.status == "loading" else f"the server is {self.status.replace('_', ' ')}"
             raise APIError(503, f"{what}; retry shortly", type="server_error", code="model_not_ready")
 
-    def authorize(self, request: Request) -> None:
-        """TCP requests need the key when one is set, else our own Host and JSON; the Unix socket is guarded by its file mode."""
+    def authorize(self, request: Request, *, needs_key: bool = True) -> None:
+        """TCP requests need the key when one is set (`needs_key`: all but /health), else our own Host and JSON;
+        the Unix socket is guarded by its file mode."""
         server = request.scope.get("server")
         if server is None or server[1] is None:
             return
         if self.api_key:
+            if not needs_key:
+                return
             scheme, _, key = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(key.strip().encode(), self.api_key.encode()):
                 raise APIError(401, "missing or wrong API key (send 'Authorization: Bearer KEY')", code="invalid_api_key")
@@ -395,7 +399,11 @@ def create_app(state: ServerState) -> FastAPI:
         return model_card()
 
     @app.get("/health")
-    async def health():
+    async def health(request: Request):
+        try:
+            state.authorize(request, needs_key=False)  # probes need no key, but a keyless TCP listener still checks Host
+        except APIError as exc:
+            return _error(exc)
         body = {"status": state.status, "model": state.model_id}
         if state.queue is not None:
             body.update(queue_depth=state.queue.depth, running=state.queue.running)
@@ -497,6 +505,7 @@ def serve(
     if max_body_bytes < 1024:
         raise InputError(f"--max-body-bytes must be at least 1024, got {max_body_bytes}")
     tcp_addr, api_key = _api_key_for(tcp, api_key)
+    metrics_host_port = parse_host_port(metrics_addr, "--metrics-addr") if metrics_addr else None
     bundle = Bundle.load(bundle_dir)
     if precision not in (None, "auto"):
         bundle.onnx_path(precision)  # a graph the bundle lacks fails here, before the socket is bound
@@ -509,15 +518,17 @@ def serve(
         logging.basicConfig(level=logging.INFO, format="merino-edge: %(message)s")
     sockets = [retry_transient(lambda: bind_unix_socket(socket_path), bind_retry_s)]
     inode = os.stat(socket_path).st_ino
-    metrics_httpd = tegrastats = None
+    tegrastats = None
     try:
         if tcp_addr is not None:
             sockets.append(retry_transient(lambda: bind_tcp_socket(*tcp_addr), bind_retry_s))
+        app = create_app(state)
         if metrics_addr:
-            metrics_httpd, (mhost, mport) = retry_transient(lambda: start_metrics_server(metrics_addr, metrics.registry), bind_retry_s)
-            log.info("metrics on http://%s:%d/metrics", mhost, mport)
+            sockets.append(retry_transient(lambda: bind_tcp_socket(*metrics_host_port, "serve metrics"), bind_retry_s))
+            app = with_metrics(app, metrics.registry, sockets[-1].getsockname()[:2])
+            log.info("metrics on http://%s:%d/metrics", *sockets[-1].getsockname()[:2])
         tegrastats = start_tegrastats(metrics)
-        config = uvicorn.Config(create_app(state), log_level="warning", access_log=False, lifespan="on",
+        config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
                                 timeout_graceful_shutdown=shutdown_grace, **limits.uvicorn_options())
         server = _Server(config, state)
 
@@ -536,9 +547,6 @@ def serve(
         remove_socket(socket_path, inode)
         for sock in sockets:
             sock.close()
-        if metrics_httpd is not None:
-            metrics_httpd.shutdown()
-            metrics_httpd.server_close()
         if tegrastats is not None:
             tegrastats.stop()
         state.close()

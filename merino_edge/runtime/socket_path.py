@@ -116,8 +116,8 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def bind_tcp_socket(host: str, port: int) -> socket.socket:
-    """A TCP socket bound at (host, port), IPv4 or IPv6 by the address."""
+def bind_tcp_socket(host: str, port: int, purpose: str = "listen") -> socket.socket:
+    """A TCP socket bound at (host, port), IPv4 or IPv6 by the address; errors say "cannot {purpose} on HOST:PORT"."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except socket.gaierror as exc:
@@ -130,7 +130,7 @@ def bind_tcp_socket(host: str, port: int) -> socket.socket:
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise bind_error(f"cannot listen on {host}:{port}", exc) from None
+        raise bind_error(f"cannot {purpose} on {host}:{port}", exc) from None
     return sock
 
 

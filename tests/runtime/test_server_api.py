@@ -224,6 +224,7 @@ def test_tcp_key_queue_limit_and_graceful_sigterm(tiny_bundle, tmp_path_factory)
     try:
         body = {"prompt": "x", "max_tokens": 4}
         assert httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body).status_code == 401
+        assert httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200  # probes need no key
         ok = httpx.post(f"http://127.0.0.1:{port}/v1/completions", json=body, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] <= 4
         with srv.client() as c:

@@ -66,6 +66,8 @@ def test_tcp_without_a_key_takes_only_its_own_host_and_json(server):
     form = httpx.post(f"{url}/v1/completions", content=json.dumps(body), headers={"Content-Type": "text/plain", "Origin": "http://attacker.example"})
     assert form.status_code == 415 and form.json()["error"]["code"] == "unsupported_media_type"
     assert httpx.post(f"http://localhost:{server.port}/v1/completions", json=body).status_code == 200
+    assert httpx.get(f"{url}/health").status_code == 200
+    assert httpx.get(f"{url}/health", headers={"Host": "attacker.example"}).json()["error"]["code"] == "invalid_host"  # no status for a rebinding page
     with server.client() as c:  # the Unix socket is guarded by its file mode, not by these checks
         assert c.post("/v1/completions", content=json.dumps(body), headers={"Host": "anything", "Content-Type": "text/plain"}).status_code == 200
 
@@ -77,6 +79,15 @@ def test_a_connection_without_a_complete_request_head_is_closed(server, sent):
     raw, waited = read_until_closed(sock)
     sock.close()
     assert raw == b"" and 0.8 < waited < 5
+
+
+def test_the_metrics_listener_keeps_the_same_deadline_and_still_answers(server):
+    sock = socket.create_connection(("127.0.0.1", server.metrics_port), timeout=10)
+    sock.sendall(b"GET /metrics HTTP/1.1\r\n")  # half a head, then nothing
+    raw, waited = read_until_closed(sock)
+    sock.close()
+    assert raw == b"" and 0.8 < waited < 5
+    assert "merino_edge_requests_total" in httpx.get(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=10).text
 
 
 def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(server):

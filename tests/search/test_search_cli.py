@@ -113,6 +113,13 @@ def test_pareto_sweep_writes_csv_and_png(tmp_path, capsys):
     assert (tmp_path / "p" / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_a_preset_before_build_table_is_not_a_misplaced_flag(tmp_path, capsys):
+    out_path = tmp_path / "table.json"
+    code, out, err = run(capsys, "--preset", "paper", "build-table", "--widths", "64", "--ratios", "1", "--samples", "1", "--out", str(out_path))
+    assert code == 0, err
+    assert set(EntropyTable.load(out_path).entries) == {(64, 64)}
+
+
 def test_build_table_writes_a_table_for_the_given_axes(tmp_path, capsys):
     out_path = tmp_path / "table.json"
     code, out, err = run(capsys, "build-table", "--widths", "64,128", "--ratios", "1,1.5", "--samples", "2", "--seed", "3", "--out", str(out_path))
