@@ -115,7 +115,7 @@ def test_pareto_sweep_writes_csv_and_png(tmp_path, capsys):
 
 def test_a_preset_before_build_table_is_not_a_misplaced_flag(tmp_path, capsys):
     out_path = tmp_path / "table.json"
-    code, out, err = run(capsys, "--preset", "paper", "build-table", "--widths", "64", "--ratios", "1", "--samples", "1", "--out", str(out_path))
+    code, out, err = run(capsys, "--preset", "paper", "build-table", "--widths", "64", "--ratios", "1", "--samples", "2", "--out", str(out_path))
     assert code == 0, err
     assert set(EntropyTable.load(out_path).entries) == {(64, 64)}
 
