@@ -18,7 +18,7 @@ import dataclasses
 import sys
 
 from merino_edge import __version__
-from merino_edge.cli_flags import PRESET_SETTINGS, HelpFormatter, Parser, Subcommands, given, numbers, option, typed
+from merino_edge.cli_flags import PRESET_SETTINGS, HelpFormatter, Parser, Subcommands, default_of, given, numbers, option, typed
 from merino_edge.errors import MerinoError
 
 PROG = "merino-edge"
@@ -333,24 +333,23 @@ def _add_precision_flag(p: argparse.ArgumentParser) -> None:
 
 
 def _add_generate(p: argparse.ArgumentParser) -> None:
+    from merino_edge.runtime.sampling import SamplingParams
+
     _add_runtime_flags(p, threads=None)
     p.add_argument("--prompt", required=True, help="prompt text")
-    p.add_argument("--max-tokens", type=int, default=128)
-    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
-    p.add_argument("--top-k", type=int, default=0, help="0 = off")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--repetition-penalty", type=float, default=1.0)
-    p.add_argument("--seed", type=int)
-    p.add_argument("--stop", action="append", default=[], help="stop string (repeatable); never printed")
+    option(p, SamplingParams, "--max-tokens", type=int, help="tokens to generate at most")
+    option(p, SamplingParams, "--temperature", type=float, help="0 = greedy")
+    option(p, SamplingParams, "--top-k", type=int, help="0 = off")
+    option(p, SamplingParams, "--top-p", type=float, help="nucleus sampling threshold")
+    option(p, SamplingParams, "--repetition-penalty", type=float, help="1 = off")
+    option(p, SamplingParams, "--seed", type=int, help="sampling seed")
+    option(p, SamplingParams, "--stop", action="append", help="stop string (repeatable); never printed")
 
 
 def _run_generate(args: argparse.Namespace) -> int:
     from merino_edge.runtime import Generator, SamplingParams
 
-    params = SamplingParams(
-        max_tokens=args.max_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-        repetition_penalty=args.repetition_penalty, seed=args.seed, stop=tuple(args.stop),
-    )
+    params = SamplingParams(**given(args, SamplingParams))
     generator = Generator.from_bundle(args.bundle, args.backend, threads=args.threads, provider=args.provider, precision=args.precision)
     for piece in generator.stream(args.prompt, params):
         sys.stdout.write(piece.text)
@@ -360,11 +359,13 @@ def _run_generate(args: argparse.Namespace) -> int:
 
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
-    _add_runtime_flags(p, threads=2)
-    p.add_argument("--prompt-tokens", type=int, default=32)
-    p.add_argument("--new-tokens", type=int, default=128)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs; the median is reported")
-    p.add_argument("--warmup", type=int, default=1)
+    from merino_edge.runtime.bench import bench_bundle
+
+    _add_runtime_flags(p, threads=default_of(bench_bundle, "threads"))
+    option(p, bench_bundle, "--prompt-tokens", type=int, help="prompt length")
+    option(p, bench_bundle, "--new-tokens", type=int, help="tokens generated per run")
+    option(p, bench_bundle, "--repeats", type=int, help="timed runs; the median is reported")
+    option(p, bench_bundle, "--warmup", type=int, help="untimed runs first")
     p.add_argument("--json", help="also write the result to this JSON file")
 
 
@@ -373,10 +374,7 @@ def _run_bench(args: argparse.Namespace) -> int:
 
     from merino_edge.runtime.bench import bench_bundle
 
-    result = bench_bundle(
-        args.bundle, backend=args.backend, prompt_tokens=args.prompt_tokens, new_tokens=args.new_tokens, threads=args.threads,
-        repeats=args.repeats, warmup=args.warmup, provider=args.provider, precision=args.precision,
-    )
+    result = bench_bundle(**given(args, bench_bundle))
     print(result.table())
     if args.json:
         with open(args.json, "w") as f:
