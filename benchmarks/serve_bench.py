@@ -3,8 +3,8 @@
     python benchmarks/serve_bench.py [--arch search-params-50M quickstart] [--clients 1 2 4 8 16]
                                      [--parallel 8] [--threads 2] [--workdir DIR]
 
-For each arch it builds a random-init FP32 bundle (speed does not depend on the
-weights' values): `search-params-50M` is what `merino-edge search --params 50M`
+For each arch it builds a random-init bundle (speed does not depend on the
+weights' values) and serves its `--precision` graph, fp32 by default: `search-params-50M` is what `merino-edge search --params 50M`
 picks (32k vocabulary), `quickstart` the architecture the quickstart found on
 this machine (E128xR2xL1 | E256xR2xL1 | E256xR2xL1, vocabulary 1024, projection
 128, 512 positions).  Every generation is greedy with eos ignored.
@@ -67,7 +67,7 @@ def in_process(bundle: Path, args) -> dict:
     from merino_edge.tokenizer import Tokenizer
 
     b = Bundle.load(bundle)
-    generator = Generator(create_backend(b, "ort", threads=args.threads), Tokenizer(b.tokenizer_path))
+    generator = Generator(create_backend(b, "ort", threads=args.threads, precision=args.precision), Tokenizer(b.tokenizer_path))
     params = SamplingParams(max_tokens=args.new_tokens, temperature=0, ignore_eos=True)
     generator.generate(PROMPT, params)  # warm-up
     runs = [generator.generate(PROMPT, params) for _ in range(args.repeats)]
@@ -108,11 +108,12 @@ def _pct(values: list[float], p: float) -> float:
 class Server:
     """`merino-edge serve` in a subprocess on a socket in `work`."""
 
-    def __init__(self, bundle: Path, work: Path, threads: int, parallel: int):
+    def __init__(self, bundle: Path, work: Path, threads: int, parallel: int, precision: str):
         self.sock = work / f"bench-{parallel}.sock"
         assert len(str(self.sock)) <= MAX_SOCKET_PATH, "choose a shorter --workdir"
         cmd = [sys.executable, "-m", "merino_edge.cli", "serve", str(bundle), "--socket", str(self.sock), "--threads", str(threads),
-               "--metrics-addr", "off", "--queue-size", "64", "--parallel", str(parallel), "--prefix-cache-mib", "0"]
+               "--metrics-addr", "off", "--queue-size", "64", "--parallel", str(parallel), "--prefix-cache-mib", "0",
+               "--precision", precision]
         self.proc = subprocess.Popen(cmd, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 300
         while True:
@@ -168,7 +169,7 @@ def bench_arch(name: str, work: Path, sock_dir: Path, args) -> dict:
     tokenizer = build_tokenizer(work / f"tokenizer-{arch.vocab_size}.model", arch.vocab_size)
     _, bundle = build_bundle(name, arch, tokenizer, work)
     inproc = in_process(bundle, args)
-    servers = {parallel: Server(bundle, sock_dir, args.threads, parallel) for parallel in sorted({1, args.parallel})}
+    servers = {parallel: Server(bundle, sock_dir, args.threads, parallel, args.precision) for parallel in sorted({1, args.parallel})}
     modes = {}
     try:
         for parallel, server in servers.items():
@@ -226,6 +227,9 @@ def main(argv=None) -> int:
     parser.add_argument("--clients", nargs="+", type=int, default=[1, 2, 4, 8, 16], help="concurrent clients (default 1 2 4 8 16)")
     parser.add_argument("--parallel", type=int, default=8, help="--parallel of the batched server, compared with --parallel 1 (default 8)")
     parser.add_argument("--threads", type=int, default=2, help="ONNX Runtime threads (default 2)")
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "int8", "int4", "auto"],
+                        help="graph to serve (default fp32: decode bound by memory bandwidth, which batching amortizes; "
+                             "int4 is bound by its dequantizing kernels on a small CPU)")
     parser.add_argument("--new-tokens", type=int, default=64, help="tokens of the single-stream overhead runs (default 64)")
     parser.add_argument("--repeats", type=int, default=3, help="single-stream runs (default 3)")
     parser.add_argument("--load-tokens", type=int, default=32, help="mean max_tokens of the concurrent requests (default 32)")
