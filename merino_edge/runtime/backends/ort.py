@@ -124,11 +124,6 @@ class OrtBackend(Backend):
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads or 0
         options.inter_op_num_threads = 1
-        # ONNX Runtime's pool threads spin after each run, waiting for the next one; on a small board that takes the
-        # cores the server's event loop and the other programs need.  Measured here (2 cores, serve_bench): streaming
-        # over the socket went from 438 to 558-603 tokens/s on the quickstart model and 33.1 to 31.2-35.5 on the 50M
-        # arch, while in-process decode of the 50M arch stayed within its noise (fp32 32-36, int4 79-89 either way).
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.session = ort.InferenceSession(str(bundle.onnx_path(precision)), options, providers=[self.provider])
         self.threads = threads
