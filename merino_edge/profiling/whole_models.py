@@ -61,15 +61,18 @@ def calibration_archs(graphs: MicroGraphs, n: int) -> list[ArchSpec]:
     return random_archs(n, graphs.axes, seed=CALIBRATION_SEED, **model)
 
 
-def graph_shapes(arch: ArchSpec) -> tuple[dict, dict]:
-    """Shape templates (as in graphs.json) of the whole model graph's inputs and outputs."""
+def graph_shapes(arch: ArchSpec, appends: bool = False) -> tuple[dict, dict]:
+    """Shape templates (as in graphs.json) of the whole model graph's inputs and outputs.
+
+    `appends`: the graph's presents are the new columns alone (the CPU graphs of a bundle, export/onnx.py).
+    """
     # One kept logits column, as generation asks for (example_input gives it column 0).
     inputs = {"input_ids": [1, "s"], "position_ids": [1, "s"], "attention_mask": [1, "t"], "logits_to_keep": [1]}
     outputs = {"logits": [1, 1, arch.vocab_size]}
     for i, heads in enumerate(arch.layer_heads()):
         for kv in ("key", "value"):
             inputs[f"past.{i}.{kv}"] = [1, heads, "c", arch.head_dim]
-            outputs[f"present.{i}.{kv}"] = [1, heads, "t", arch.head_dim]
+            outputs[f"present.{i}.{kv}"] = [1, heads, "s" if appends else "t", arch.head_dim]
     return inputs, outputs
 
 
@@ -92,7 +95,8 @@ def _time_model(
     """(phase, tokens, median ms, IQR ms) of `model` at every decode context and prompt length."""
     arch = model.arch
     session = ort_session(model.graph, threads)
-    inputs, outputs = graph_shapes(arch)
+    present = next(o for o in session.get_outputs() if o.name.startswith("present."))
+    inputs, outputs = graph_shapes(arch, appends=present.shape[2] == "seq")
     grid = [("decode", 1, c) for c in decode_contexts] + [("prefill", s, 0) for s in prefill_lengths]
     out = []
     for phase, seq_len, past_len in grid:

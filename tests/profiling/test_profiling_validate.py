@@ -7,11 +7,12 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from merino_edge.bundle import Bundle
 from merino_edge.profiling.export import export_validation_models
 from merino_edge.profiling.parts import read_graphs
 from merino_edge.profiling.run import STATE_FILE, profile_device
 from merino_edge.profiling.validate import validate_profile
-from merino_edge.profiling.whole_models import ROUNDS, calibration_archs, random_archs, time_models
+from merino_edge.profiling.whole_models import ROUNDS, WholeModel, calibration_archs, random_archs, time_models
 from merino_edge.search.latency import LatencyModel, Sample, fit_calibration
 
 
@@ -106,3 +107,11 @@ def test_models_are_timed_in_rounds_that_resume_and_keep_their_median(tiny, tmp_
         runs = record[arch.short()]
         assert [t[:2] for t in timings] == [("decode", 10), ("prefill", 8)]
         assert [t[2] for t in timings] == [float(np.median([run[i][2] for run in runs])) for i in range(2)]
+
+
+def test_a_bundles_graphs_of_either_cache_form_are_timed(tiny, tiny_bundle):
+    bundle = Bundle.load(tiny_bundle)
+    models = [WholeModel(bundle.arch, bundle.onnx_path(p)) for p in ("fp32", "fp16")]  # the CPU graph appends, the fp16 one concatenates
+    timed = time_models(models, 1, tiny.grid.measurement, (10,), (8,), rounds=1, progress=False)
+    assert [[t[:2] for t in timings] for _, timings in timed] == [[("decode", 10), ("prefill", 8)]] * 2
+    assert all(t[2] > 0 for _, timings in timed for t in timings)
