@@ -69,7 +69,7 @@ from merino_edge.arch import ArchSpec
 from merino_edge.errors import InputError
 from merino_edge.export.operators import check_operators
 from merino_edge.model import MeRinoForCausalLM, MeRinoLayer
-from merino_edge.model.modeling import attention_bias
+from merino_edge.model.modeling import attention_bias, attention_probs
 
 MIN_OPSET = 17
 
@@ -106,7 +106,7 @@ class _AppendCache(_ExplicitCache):
         self.presents[index] = key, value
         past = past_key.shape[-2]
         scores = torch.cat([q @ past_key.transpose(-2, -1), q @ key.transpose(-2, -1)], dim=-1)  # [b, heads, s, past+s]
-        probs = torch.softmax(scores.float() + attn_bias, dim=-1).to(value.dtype)
+        probs = attention_probs(scores, attn_bias, value.dtype)
         return probs[..., :past] @ past_value + probs[..., past:] @ value
 
 

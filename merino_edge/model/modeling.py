@@ -74,8 +74,12 @@ class MeRinoAttention(nn.Module):
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
     """softmax(q k^T + bias) v over [b, heads, s, 64] queries and [b, heads, past+s, 64] keys and values."""
-    probs = torch.softmax((q @ k.transpose(-2, -1)).float() + attn_bias, dim=-1).to(v.dtype)
-    return probs @ v
+    return attention_probs(q @ k.transpose(-2, -1), attn_bias, v.dtype) @ v
+
+
+def attention_probs(scores: torch.Tensor, attn_bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """softmax(scores + bias) in float32 (also in an fp16 graph), handed back in `dtype`."""
+    return torch.softmax(scores.float() + attn_bias, dim=-1).to(dtype)
 
 
 class MeRinoMLP(nn.Module):
