@@ -45,6 +45,7 @@ GRAPH_FILES = {"fp32": "model.onnx", "fp16": "model.fp16.onnx", "int8": "model.i
 PRECISIONS = tuple(GRAPH_FILES)
 QUANTIZED = ("int8", "int4")
 CPU_PRECISIONS = ("int4", "int8", "fp32")  # the graphs ONNX Runtime runs on a CPU, smallest first
+APPEND_AXIS = "seq"  # axis 2 of `present.*` in a graph that hands back only the new K/V columns (export/onnx.py)
 DEFAULT_MAX_BATCH = 8
 
 

@@ -66,6 +66,7 @@ from onnx import helper, numpy_helper
 from torch import nn
 
 from merino_edge.arch import ArchSpec
+from merino_edge.bundle import APPEND_AXIS
 from merino_edge.errors import InputError
 from merino_edge.export.operators import check_operators
 from merino_edge.model import MeRinoForCausalLM, MeRinoLayer
@@ -219,7 +220,7 @@ def export_onnx(model_or_ckpt: MeRinoForCausalLM | str | Path, out_path: str | P
     axes = {"input_ids": {0: "batch", 1: "seq"}, "position_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "total"},
             "logits_to_keep": {0: "keep"}, "logits": {0: "batch", 1: "keep"}}
     axes.update({name: {0: "batch", 2: "past"} for name in inputs[4:]})
-    axes.update({name: {0: "batch", 2: "seq" if append_kv else "total"} for name in outputs[1:]})
+    axes.update({name: {0: "batch", 2: APPEND_AXIS if append_kv else "total"} for name in outputs[1:]})
     return _export(CausalLMGraph(model, append_kv), tuple(args), inputs, outputs, axes, out_path, fp16=fp16, opset=opset, tied_embedding=True)
 
 

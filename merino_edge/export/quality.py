@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+from merino_edge.runtime.backends.ort import ORT_DTYPES
 
 # Largest perplexity increase over fp32 that `auto` accepts, stored in the manifest at export.
 MAX_INCREASE = {"int8": 0.01, "int4": 0.05}
@@ -34,7 +34,7 @@ def graph_perplexity(graph: str | Path, windows: np.ndarray, *, batch: int = 4, 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or 0
     session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
-    pasts = [(i.name, i.shape[1], i.shape[3], _DTYPES[i.type]) for i in session.get_inputs() if i.name.startswith("past.")]
+    pasts = [(i.name, i.shape[1], i.shape[3], ORT_DTYPES[i.type]) for i in session.get_inputs() if i.name.startswith("past.")]
     presents = [o.name for o in session.get_outputs() if o.name.startswith("present.")]
     nll, count = 0.0, 0
     for start in range(0, len(windows), batch):

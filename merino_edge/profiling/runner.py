@@ -15,7 +15,8 @@ from pathlib import Path
 
 from merino_edge.device_profile import BackendInfo
 from merino_edge.profiling.parts import MicroGraphs, Part, read_graphs
-from merino_edge.profiling.timing import CacheFlush, Run, ort_module, ort_runner, ort_session
+from merino_edge.profiling.timing import CacheFlush, Run, ort_runner, ort_session
+from merino_edge.runtime.backends.ort import ort_module
 
 
 class Runner(ABC):

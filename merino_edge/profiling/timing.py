@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from merino_edge.device_profile import Measurement
-from merino_edge.errors import MissingDependencyError
 from merino_edge.profiling.parts import dims, example_input
+from merino_edge.runtime.backends.ort import ORT_DTYPES, ort_module
 
 Run = Callable[[], None]
 CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
@@ -70,17 +70,6 @@ class CacheFlush:
 # ------------------------------------------------------------ ONNX Runtime
 
 
-_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
-
-
-def ort_module():
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingDependencyError("onnxruntime is not installed: pip install onnxruntime (or onnxruntime-gpu)") from None
-    return onnxruntime
-
-
 def ort_session(path: Path, threads: int | None, provider: str = "CPUExecutionProvider"):
     """A session configured as the runtime's ORT backend configures its own."""
     ort = ort_module()
@@ -99,11 +88,11 @@ def ort_runner(session, inputs: dict, outputs: dict, seq_len: int, past_len: int
     keep = []  # buffers must outlive the binding
     for arg in session.get_inputs():
         shape = dims(inputs[arg.name], seq_len, past_len)
-        value = example_input(arg.name, shape, _ORT_DTYPES[arg.type], vocab_size, past_len, rng)
+        value = example_input(arg.name, shape, ORT_DTYPES[arg.type], vocab_size, past_len, rng)
         keep.append(value)
         io.bind_cpu_input(arg.name, value)
     for arg in session.get_outputs():
-        buffer = np.empty(dims(outputs[arg.name], seq_len, past_len), _ORT_DTYPES[arg.type])
+        buffer = np.empty(dims(outputs[arg.name], seq_len, past_len), ORT_DTYPES[arg.type])
         keep.append(buffer)
         io.bind_output(arg.name, "cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
 

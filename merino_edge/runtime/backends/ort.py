@@ -44,16 +44,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from merino_edge.bundle import Bundle
+from merino_edge.bundle import APPEND_AXIS, Bundle
 from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
 from merino_edge.runtime.backend import Backend, log, logits_columns, place_rows, positions_from_mask
 
 _SHORT_PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
-def _ort():
+def ort_module():
     try:
         import onnxruntime
     except ImportError:
@@ -61,9 +61,14 @@ def _ort():
     return onnxruntime
 
 
+def appends_to_cache(session) -> bool:
+    """Whether a model graph's session hands back only the new K/V columns (the append form, export/onnx.py)."""
+    return next(o for o in session.get_outputs() if o.name.startswith("present.")).shape[2] == APPEND_AXIS
+
+
 def resolve_provider(provider: str | None) -> str:
     """Full ONNX Runtime provider name for `provider` ("cpu", "cuda", or a full name); CPU by default."""
-    ort = _ort()
+    ort = ort_module()
     name = _SHORT_PROVIDER_NAMES.get((provider or "cpu").lower(), provider)
     available = ort.get_available_providers()
     if name not in available:
@@ -113,7 +118,7 @@ class OrtBackend(Backend):
     prefill_chunk = 64  # prompt tokens per graph call: a long prompt's attention scores are heads x 64 x its length, not x its length squared
 
     def __init__(self, bundle: Bundle, *, threads: int | None = None, provider: str | None = None, precision: str | None = None):
-        ort = _ort()
+        ort = ort_module()
         self.provider = resolve_provider(provider)
         self.device = _DEVICE_OF_PROVIDER.get(self.provider, "cpu")
         if precision is None:
@@ -159,9 +164,8 @@ class OrtBackend(Backend):
             raise IncompatibleError(
                 f"graph inputs are not those of the bundle's arch for this merino-edge (missing {missing}, unexpected {extra}); export the bundle again"
             )
-        self.kv_dtype = _DTYPES[inputs["past.0.key"].type]
-        present = next(o for o in self.session.get_outputs() if o.name == "present.0.key")
-        self.appends = present.shape[2] == "seq"  # the append form: presents are the new columns alone
+        self.kv_dtype = ORT_DTYPES[inputs["past.0.key"].type]
+        self.appends = appends_to_cache(self.session)
         self.kv_value_bytes = np.dtype(self.kv_dtype).itemsize
         self.kv_buffers = 1 if self.appends else 2
 
@@ -172,7 +176,7 @@ class OrtBackend(Backend):
         return min(self.max_context, -(-(columns + max(16, columns // 16)) // 16) * 16)
 
     def _buffers(self, rows: int) -> _KVBuffers:
-        return _KVBuffers(_ort(), rows, self._tensor_heads, self.max_context, self.head_dim, self.kv_dtype, self.device, spare=not self.appends)
+        return _KVBuffers(ort_module(), rows, self._tensor_heads, self.max_context, self.head_dim, self.kv_dtype, self.device, spare=not self.appends)
 
     def _allocate(self, rows: int) -> None:
         if self._batch is None or self._batch.rows < rows:
