@@ -61,10 +61,10 @@ class _Preset(argparse.Action):
     def __call__(self, parser, namespace, value, option_string=None):
         from merino_edge.search.presets import PRESETS
 
-        made = {}
-        for dest, setting in PRESETS[value].items():
-            if not hasattr(namespace, dest):  # a flag given before --preset keeps its value, one given after replaces the preset's
-                setattr(namespace, dest, made.setdefault(dest, setting))
+        # A flag given before --preset keeps its value, one given after replaces the preset's.
+        made = {dest: setting for dest, setting in PRESETS[value].items() if not hasattr(namespace, dest)}
+        for dest, setting in made.items():
+            setattr(namespace, dest, setting)
         setattr(namespace, PRESET_SETTINGS, made)
 
 
