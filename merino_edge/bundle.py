@@ -46,6 +46,7 @@ PRECISIONS = tuple(GRAPH_FILES)
 QUANTIZED = ("int8", "int4")
 CPU_PRECISIONS = ("int4", "int8", "fp32")  # the graphs ONNX Runtime runs on a CPU, smallest first
 APPEND_AXIS = "seq"  # axis 2 of `present.*` in a graph that hands back only the new K/V columns (export/onnx.py)
+SHARED_AXIS = "capacity"  # axis 2 of `present.*` in a graph that writes them into the past's own buffer (export/quantize.py)
 DEFAULT_MAX_BATCH = 8
 
 

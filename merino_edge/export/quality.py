@@ -6,7 +6,7 @@ consecutive windows of `seq_len + 1` tokens (the caller reads them:
 `merino_edge.training.data.held_out_windows`), each graph run over them on
 ONNX Runtime (CPU) in two calls: the first half of each window with an empty
 past, the second half against the cache the first left, so that what the
-graph's cache loses (the quantized graphs keep it in float16) counts as well.
+graph's cache loses (the quantized graphs keep it in int8) counts as well.
 The result goes into the bundle's
 manifest beside the bound it is held to; the runtime's `auto` precision picks
 the smallest graph within its bound.
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from merino_edge.runtime.backends.ort import ORT_DTYPES
+from merino_edge.runtime.backends.ort import ORT_DTYPES, ort_module
 
 # Largest perplexity increase over fp32 that `auto` accepts, stored in the manifest at export.
 MAX_INCREASE = {"int8": 0.01, "int4": 0.05}
@@ -27,13 +27,16 @@ EVAL_TOKENS = 8192  # held-out tokens, in windows of EVAL_SEQ_LEN (`merino_edge.
 EVAL_SEQ_LEN = 256
 
 
+def graph_session(graph: str | Path, threads: int | None = None):
+    """An ONNX Runtime CPU session of a model graph, to run it whole (no IO binding)."""
+    options = ort_module().SessionOptions()
+    options.intra_op_num_threads = threads or 0
+    return ort_module().InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+
+
 def graph_perplexity(graph: str | Path, windows: np.ndarray, *, batch: int = 4, threads: int | None = None) -> float:
     """Perplexity of a model graph on `windows` [n, s + 1]: each window's tokens 1..s predicted from the ones before."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 0
-    session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
+    session = graph_session(graph, threads)
     pasts = [(i.name, i.shape[1], i.shape[3], ORT_DTYPES[i.type]) for i in session.get_inputs() if i.name.startswith("past.")]
     presents = [o.name for o in session.get_outputs() if o.name.startswith("present.")]
     nll, count = 0.0, 0

@@ -22,7 +22,7 @@ from merino_edge.device_profile import Measurement
 from merino_edge.errors import InputError
 from merino_edge.profiling.parts import ARCH_FILE, GRAPH_FILE, MicroGraphs
 from merino_edge.profiling.timing import measure, ort_runner, ort_session
-from merino_edge.runtime.backends.ort import appends_to_cache
+from merino_edge.runtime.backends.ort import cache_form
 
 CALIBRATION_DIR = "calibration"  # whole models a profile calibrates on, exported beside its micro-graphs
 CALIBRATION_SEED = 1  # profile validate draws with seed 0 by default, and leaves these out anyway
@@ -96,7 +96,7 @@ def _time_model(
     """(phase, tokens, median ms, IQR ms) of `model` at every decode context and prompt length."""
     arch = model.arch
     session = ort_session(model.graph, threads)
-    inputs, outputs = graph_shapes(arch, appends=appends_to_cache(session))
+    inputs, outputs = graph_shapes(arch, appends=cache_form(session) == "append")
     grid = [("decode", 1, c) for c in decode_contexts] + [("prefill", s, 0) for s in prefill_lengths]
     out = []
     for phase, seq_len, past_len in grid:

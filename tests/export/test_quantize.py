@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 from local_text import training_texts
 from shared_paths import EVAL_FIXTURES
 
@@ -18,6 +19,7 @@ from merino_edge.cli import main
 from merino_edge.errors import InputError
 from merino_edge.export.package import export_bundle
 from merino_edge.export.quality import EVAL_SEQ_LEN, EVAL_TOKENS
+from merino_edge.export.quantize import quantize_graph
 from merino_edge.runtime import Generator, SamplingParams, create_backend
 from merino_edge.runtime.scheduler import slot_bytes
 from merino_edge.tokenizer import Tokenizer
@@ -79,7 +81,7 @@ def test_quantized_graph_stores_shared_and_tied_weights_once(quantized_bundle):
     fp32, int4 = _initializers(quantized_bundle / "model.onnx"), _initializers(quantized_bundle / "model.int4.onnx")
     fp32_weights = {t.name for t in fp32.initializer if len(t.dims) == 2 and t.name.startswith("onnx::MatMul")}
     ops = Counter(n.op_type for n in int4.node)
-    assert ops["MatMul"] == Counter(n.op_type for n in fp32.node)["MatMul"] - ops["MatMulNBits"]  # the rest are attention's
+    assert ops["MatMul"] == 0 and ops["MatMulNBits"] == Counter(n.op_type for n in fp32.node)["MatMul"] - 4 * ops["GroupQueryAttention"]  # 4 are attention's
     packed = [t for t in int4.initializer if t.name.endswith("_Q4")]
     assert {t.name.removesuffix("_Q4") for t in packed} == fp32_weights  # one quantized copy per distinct weight
     assert len({t.name for t in int4.initializer}) == len(int4.initializer)
@@ -87,17 +89,41 @@ def test_quantized_graph_stores_shared_and_tied_weights_once(quantized_bundle):
     assert not any(t.name in fp32_weights or t.name.endswith("embed_tokens.weight") for t in int4.initializer)
 
 
-def test_quantized_graphs_keep_a_float16_cache_the_backend_appends_to(quantized_bundle):
+def test_quantized_graphs_attend_with_one_fused_node_per_layer_over_an_int8_cache(quantized_bundle):
     bundle = Bundle.load(quantized_bundle)
-    assert bundle.manifest.graphs["int4"]["io_dtype"] == {"kv": "float16", "logits": "float32"}
+    graph = onnx.load(str(quantized_bundle / "model.int4.onnx")).graph
+    executions = bundle.arch.num_layer_executions
+    fused = [n for n in graph.node if n.op_type == "GroupQueryAttention"]
+    assert len(fused) == executions and {n.domain for n in fused} == {"com.microsoft"}
+    assert not [n for n in graph.node if n.op_type in ("Softmax", "Concat") or any(i.startswith("past.") for i in n.input) and n not in fused]
+    scales = {t.name: numpy_helper.to_array(t) for t in graph.initializer if t.name.endswith("_scale")}
+    assert len(scales) == 2 * executions and all(v.shape == (1, h, 1, 64) and (v > 0).all() for v, h in zip(scales.values(), np.repeat(bundle.arch.layer_heads(), 2)))
+    entry = bundle.manifest.graphs["int4"]
+    assert entry["io_dtype"] == {"kv": "int8", "logits": "float32"} and entry["quantization"]["kv_cache"]["calibration_tokens"] > 0
+
+
+def test_quantized_graphs_write_their_int8_cache_in_place(quantized_bundle):
+    bundle = Bundle.load(quantized_bundle)
     fp32, int4 = (create_backend(bundle, "ort", threads=1, precision=p) for p in ("fp32", "int4"))
-    assert (fp32.kv_dtype, int4.kv_dtype) == (np.float32, np.float16) and fp32.appends and int4.appends
-    assert slot_bytes(int4, bundle.arch) * 2 == slot_bytes(fp32, bundle.arch) == bundle.max_context * bundle.arch.kv_cache_bytes_per_token(4)
-    # decoding from the float16 cache gives the logits of the same graph run over the whole text at once, up to its rounding
+    assert (fp32.cache_form, fp32.kv_dtype, int4.cache_form, int4.kv_dtype) == ("append", np.float32, "shared", np.int8)
+    assert slot_bytes(int4, bundle.arch) * 4 == slot_bytes(fp32, bundle.arch) == bundle.max_context * bundle.arch.kv_cache_bytes_per_token(4)
+    # decoding from the cache the graph wrote gives the logits of the same graph run over the whole text at once
     ids = [5, 6, 7, 8, 9, 10, 11, 12, 13]
-    steps = [int4.prefill(np.array([ids[:6]]))] + [int4.decode([token]) for token in ids[6:-1]]
-    whole = int4.score(np.array([ids[:-1]]))[0, 5:]
-    np.testing.assert_allclose(np.stack(steps)[:, 0], whole, atol=1e-3, rtol=0)
+    for backend in (fp32, int4):
+        steps = [backend.prefill(np.array([ids[:6]]))] + [backend.decode([token]) for token in ids[6:-1]]
+        whole = backend.score(np.array([ids[:-1]]))[0, 5:]
+        np.testing.assert_allclose(np.stack(steps)[:, 0], whole, atol=1e-3, rtol=0)
+    # and a left-padded row of a batch gets the logits it gets alone
+    padded = int4.prefill(np.array([[0, 0, *ids[:4]], ids[:6]]), np.array([[0, 0, 1, 1, 1, 1], [1] * 6]))
+    np.testing.assert_allclose(padded[0], int4.prefill(np.array([ids[:4]]))[0], atol=1e-4, rtol=0)
+
+
+def test_a_graph_not_in_the_append_form_is_refused_by_quantize(tiny_bundle, tmp_path):
+    graph = tmp_path / "concat.onnx"
+    shutil.copy(tiny_bundle / "model.fp16.onnx", graph)
+    shutil.copy(tiny_bundle / "model.fp16.onnx.data", tmp_path / "model.fp16.onnx.data")
+    with pytest.raises(InputError, match="not the append form"):
+        quantize_graph(graph, tmp_path / "out.onnx", "int8", {})
 
 
 def test_held_out_perplexity_is_measured_and_bounded(quantized_bundle):

@@ -8,12 +8,12 @@ joining sequence.  A buffer holds
 [rows, heads, capacity, head_dim] at its front; each step binds (IO binding,
 by pointer) `past.{i}.*` to that, so nothing is allocated per token.
 
-The graph hands back the cache in one of two forms (export/onnx.py):
+The graph hands back the cache in one of three forms (`cache_form`):
 
-- concat (the FP16 graph): `present.{i}.*` = past + new is bound to the other
-  buffer of the pair, shaped for past + seq, and the next step swaps them;
-  the capacity is always the past length.
-- append (the CPU graphs: FP32, int8, int4): `present.{i}.*` is the new
+- concat (the FP16 graph, export/onnx.py): `present.{i}.*` = past + new is
+  bound to the other buffer of the pair, shaped for past + seq, and the next
+  step swaps them; the capacity is always the past length.
+- append (the FP32 graph, export/onnx.py): `present.{i}.*` is the new
   columns alone; they are written into the buffer after the past, and the
   past stays where it is.  The capacity runs ahead of the past
   (`_capacity_for`); the columns beyond the past are hidden by the mask, and
@@ -21,6 +21,10 @@ The graph hands back the cache in one of two forms (export/onnx.py):
   place, with room for a sixteenth more.  So a decode step reads the cache
   once and writes one column, where the concat form rewrites it all, and
   there is one buffer per cache tensor instead of two.
+- shared (the int8 / int4 graphs, export/quantize.py): as append, but
+  `present.{i}.*` is bound to the past's own buffer, [rows, heads, capacity,
+  head_dim], and the graph's fused attention writes the new columns into it
+  and reads only the first past + seq of them.
 
 A join or leave writes the new or moved rows in place, or, when the columns
 change, the whole batch cache into the spare buffer (`place_rows`; in the
@@ -33,7 +37,7 @@ preallocated [max_batch, V] buffer as well.
 A prompt runs in chunks of `prefill_chunk` tokens, each against the cache the
 ones before it left, so that the activations of a 1,500-token prompt (its
 attention scores above all, and ONNX Runtime's memory arena keeps its peak)
-stay a few MB; in the append form the layout at least doubles from one chunk
+stay a few MB; in the append and shared forms the layout at least doubles from one chunk
 to the next, so that its copies add up to one cache.  Measured on the 50M
 arch at int4, a 1,500-token prompt: chunks of 64 tokens peak at 375 MiB RSS
 and 4.1 s to the first token; 256 tokens, 536 MiB and 5.3 s; the whole
@@ -44,13 +48,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from merino_edge.bundle import APPEND_AXIS, Bundle
+from merino_edge.bundle import APPEND_AXIS, SHARED_AXIS, Bundle
 from merino_edge.errors import IncompatibleError, InputError, MissingDependencyError
 from merino_edge.runtime.backend import Backend, log, logits_columns, place_rows, positions_from_mask
 
 _SHORT_PROVIDER_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 _DEVICE_OF_PROVIDER = {"CUDAExecutionProvider": "cuda", "TensorrtExecutionProvider": "cuda"}
-ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int8)": np.int8, "tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
 def ort_module():
@@ -61,9 +65,10 @@ def ort_module():
     return onnxruntime
 
 
-def appends_to_cache(session) -> bool:
-    """Whether a model graph's session hands back only the new K/V columns (the append form, export/onnx.py)."""
-    return next(o for o in session.get_outputs() if o.name.startswith("present.")).shape[2] == APPEND_AXIS
+def cache_form(session) -> str:
+    """How a model graph's session hands back the cache: "concat", "append" (export/onnx.py) or "shared" (export/quantize.py)."""
+    axis = next(o for o in session.get_outputs() if o.name.startswith("present.")).shape[2]
+    return {APPEND_AXIS: "append", SHARED_AXIS: "shared"}.get(axis, "concat")
 
 
 def resolve_provider(provider: str | None) -> str:
@@ -165,7 +170,8 @@ class OrtBackend(Backend):
                 f"graph inputs are not those of the bundle's arch for this merino-edge (missing {missing}, unexpected {extra}); export the bundle again"
             )
         self.kv_dtype = ORT_DTYPES[inputs["past.0.key"].type]
-        self.appends = appends_to_cache(self.session)
+        self.cache_form = cache_form(self.session)
+        self.appends = self.cache_form != "concat"  # one buffer per cache tensor, laid out ahead of the past
         self.kv_value_bytes = np.dtype(self.kv_dtype).itemsize
         self.kv_buffers = 1 if self.appends else 2
 
@@ -213,8 +219,9 @@ class OrtBackend(Backend):
         """One graph call on `kv`, whose layout already has room for the new columns."""
         b, s = input_ids.shape
         past = attention_mask.shape[1] - s
-        bound = kv.capacity if past else 0  # past columns the graph reads: the layout's, masked beyond `past`
-        if bound > past:
+        shared = self.cache_form == "shared"
+        bound = kv.capacity if past or shared else 0  # past columns bound: the layout's, masked beyond `past` (or not read: shared)
+        if bound > past and not shared:
             attention_mask = np.concatenate([attention_mask[:, :past], np.zeros((b, bound - past), np.int64), attention_mask[:, past:]], axis=1)
         io = self._io
         io.clear_binding_inputs()
@@ -232,21 +239,23 @@ class OrtBackend(Backend):
         for t, h in enumerate(self._tensor_heads):
             name = f"{t // 2}.{('key', 'value')[t % 2]}"
             io.bind_input(f"past.{name}", self.device, 0, self.kv_dtype, [b, h, bound, self.head_dim], _pointer(kv.past[t]))
-            if not self.appends:
+            if shared:  # the graph writes the new columns into the past's buffer itself
+                io.bind_output(f"present.{name}", self.device, 0, self.kv_dtype, [b, h, bound, self.head_dim], _pointer(kv.past[t]))
+            elif not self.appends:
                 io.bind_output(f"present.{name}", self.device, 0, self.kv_dtype, [b, h, past + s, self.head_dim], _pointer(kv.spare[t]))
             elif decoding:
                 io.bind_output(f"present.{name}", "cpu", 0, self.kv_dtype, [b, h, 1, self.head_dim], self._new_columns[t].ctypes.data)
             else:
                 io.bind_output(f"present.{name}", "cpu")
         self.session.run_with_iobinding(io)
-        if self.appends:
+        if self.cache_form == "append":
             new = [c[: b * h * self.head_dim].reshape(b, h, 1, self.head_dim) for c, h in zip(self._new_columns, self._tensor_heads, strict=True)] \
                 if decoding else [v.numpy() for v in io.get_outputs()[1:]]
             for buffer, columns in zip(kv.past, new, strict=True):
                 contents = _host(buffer)
                 self._view(contents, columns.shape[1], b, kv.capacity)[:, :, past : past + s] = columns
                 _commit(buffer, contents)
-        else:
+        elif self.cache_form == "concat":
             kv.swap()
             kv.capacity = past + s
         if decoding:
