@@ -290,7 +290,7 @@ def main(argv=None) -> int:
                 runs.append(("transformers", "transformers generate() (fp32)", run_transformers(ckpt, context, threads, args, work / name / f"tf-{context}-{threads}.json")))
                 for precision, runtime, result in runs:
                     graph = "fp32" if precision == "transformers" else precision
-                    kv_bytes = 2 if graphs[graph]["io_dtype"]["kv"] == "float16" else 4
+                    kv_bytes = np.dtype(graphs[graph]["io_dtype"]["kv"]).itemsize
                     kv = arch.kv_cache_bytes_per_token(kv_bytes) * (context + args.new_tokens)
                     rows.append(
                         {

@@ -119,6 +119,30 @@ def test_quantized_graphs_write_their_int8_cache_in_place(quantized_bundle):
     np.testing.assert_allclose(padded[0], int4.prefill(np.array([ids[:4]]))[0], atol=1e-4, rtol=0)
 
 
+def test_int8_cache_slots_through_joins_and_leaves_give_each_sequence_its_logits_alone(quantized_bundle):
+    backend = create_backend(quantized_bundle, "ort", threads=1, precision="int4")
+    backend.open_slots(3)
+    texts = {0: [1, 40, 41, 42], 1: [300, 301, 7, 8, 9, 10, 11, 12, 13], 2: [5]}
+    rows: list[int] = []  # which text each slot row holds
+
+    def check(logits, row_texts):
+        for got, text in zip(logits, row_texts, strict=True):
+            np.testing.assert_allclose(got, backend.score(np.array([texts[text]]))[0, -1], atol=1e-3, rtol=0)
+
+    for action in ["join 0", "decode", "join 1", "decode", "join 2", "decode", "leave 0", "decode", "join 0", "decode", "leave 1", "decode"]:
+        verb, _, arg = action.partition(" ")
+        if verb == "join":
+            rows.append(int(arg))
+            check([backend.join(texts[int(arg)])], [int(arg)])
+        elif verb == "leave":
+            order = backend.leave([rows.index(int(arg))])
+            rows = [rows[i] for i in order]
+        else:
+            for text in rows:
+                texts[text] = [*texts[text], 7 + len(texts[text]) % 50]
+            check(backend.decode([texts[t][-1] for t in rows]), rows)
+
+
 def test_a_graph_not_in_the_append_form_is_refused_by_quantize(tiny_bundle, tmp_path):
     graph = tmp_path / "concat.onnx"
     shutil.copy(tiny_bundle / "model.fp16.onnx", graph)
