@@ -21,14 +21,16 @@ state before the head, so the head runs on them alone.
 
 Two ways to hand back the cache.  The FP16 graph (TensorRT's, and ONNX Runtime
 on a GPU) returns `present = Concat(past, new)`, which a runtime swaps with its
-past buffer.  The FP32 graph, and the int8/int4 graphs quantized from it, are
-for CPUs, where that Concat rewrites the whole cache every token (about as
-many bytes as the weights at 1,500 tokens of a 50M model): there `present.*`
-is only this step's K/V, [batch, heads_i, seq, 64] (its axis 2 is named
-"seq", not "total"), attention reads the past where it lies and adds the new
-columns apart (`_AppendCache.attend`), and the runtime writes the new columns
-into its cache itself.  A past of such a graph may hold columns beyond the
-real ones; the attention mask hides them like padding.
+past buffer.  The FP32 graph is for CPUs, where that Concat rewrites the whole
+cache every token (about as many bytes as the weights at 1,500 tokens of a
+50M model): there `present.*` is only this step's K/V, [batch, heads_i, seq,
+64] (its axis 2 is named "seq", not "total"), attention reads the past where
+it lies and adds the new columns apart (`_AppendCache.attend`), and the
+runtime writes the new columns into its cache itself.  A past of such a graph
+may hold columns beyond the real ones; the attention mask hides them like
+padding.  The int8/int4 graphs are made from this one (export/quantize.py),
+with its attention replaced by ONNX Runtime's fused kernel over an int8 cache
+that it writes in place (a third form: `present.*` is the past's own buffer).
 
 KV is float32 in the FP32 graph and float16 in the FP16 graph, whose weights and
 activations are float16 too; LayerNorm and softmax run in float32 there (explicit
