@@ -9,6 +9,8 @@ Session-scoped and built once under pytest's tmp dir:
 - `tiny_checkpoint_unshared`: the same kind with unshared weights and other widths.
 - `tiny_bundle`: `tiny_checkpoint` exported with both an FP32 and an FP16 graph
   (max context 128, max batch 4).  Tests that damage a bundle copy it first.
+- `tiny_bundle_int4`: a copy of `tiny_bundle` with an int4 graph added (its
+  int8 cache calibrated and its perplexity measured on local text).
 """
 
 from __future__ import annotations
@@ -74,4 +76,20 @@ def tiny_bundle(tmp_path_factory, tiny_checkpoint) -> Path:
 
     out = tmp_path_factory.mktemp("bundle") / "bundle"
     export_bundle(tiny_checkpoint, out, fp32=True, fp16=True, max_context=128, max_batch=4, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_int4(tmp_path_factory, tiny_bundle, tiny_tokenizer) -> Path:
+    import shutil
+
+    import numpy as np
+
+    from merino_edge.export.quantize import quantize_bundle
+    from merino_edge.tokenizer import Tokenizer
+
+    out = shutil.copytree(tiny_bundle, tmp_path_factory.mktemp("bundle-int4") / "bundle")
+    ids = Tokenizer(tiny_tokenizer).encode("\n\n".join(training_texts(40_000)))
+    windows = np.array(ids[: 8 * 129], np.int64).reshape(8, 129)
+    quantize_bundle(out, ["int4"], (windows, "local text"), progress=False)
     return out

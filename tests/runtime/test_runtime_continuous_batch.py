@@ -31,9 +31,11 @@ def seeded(n: int, seed: int) -> SamplingParams:
     return SamplingParams(max_tokens=n, temperature=0.9, top_k=40, top_p=0.95, repetition_penalty=1.1, seed=seed, ignore_eos=True)
 
 
-@pytest.fixture(scope="module")
-def generator(tiny_bundle):
-    return Generator.from_bundle(tiny_bundle, "ort", threads=1)
+@pytest.fixture(scope="module", params=["fp32", "int4"])
+def generator(request, tiny_bundle, tiny_bundle_int4):
+    """The fp32 graph (its cache appended to by the runtime) and the int4 one (an int8 cache its attention writes in place)."""
+    bundle = tiny_bundle if request.param == "fp32" else tiny_bundle_int4
+    return Generator.from_bundle(bundle, "ort", threads=1, precision=request.param)
 
 
 def run_batch(batch: ContinuousBatch, requests: list[tuple[str, SamplingParams]], joins_per_step: int = 1) -> tuple[list[list[int]], list[int]]:
