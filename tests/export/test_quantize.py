@@ -143,6 +143,37 @@ def test_int8_cache_slots_through_joins_and_leaves_give_each_sequence_its_logits
             check(backend.decode([texts[t][-1] for t in rows]), rows)
 
 
+def test_the_int8_cache_is_calibrated_for_positions_beyond_the_held_out_windows(tmp_path, tiny_tokenizer):
+    """Held-out windows are shorter than the context: keys and values at later positions must not saturate the cache.
+
+    The model's later position embeddings are scaled up, so that those positions reach further; calibrated on
+    the windows' own positions (0..31) 1.0 % of this text's cache values saturate, at positions spread over the context 0.3 %.
+    """
+    import torch
+    from conftest import make_checkpoint
+
+    from merino_edge.export.quality import graph_session
+    from merino_edge.model import MeRinoForCausalLM
+
+    ckpt = make_checkpoint(tmp_path / "ckpt", tiny_tokenizer, [(64, 2.0, 2), (128, 1.5, 2)], shared=True, proj_dim=96)
+    model = MeRinoForCausalLM.from_pretrained(ckpt)
+    with torch.no_grad():
+        model.model.embed_positions.weight[64:] *= 6
+    model.save_pretrained(ckpt)
+    ids = Tokenizer(tiny_tokenizer).encode("\n\n".join(training_texts(20_000)))
+    windows = np.array(ids[: 32 * 33], np.int64).reshape(32, 33)  # 32-token windows, the first 8 calibrate
+    bundle = export_bundle(ckpt, tmp_path / "bundle", quantize=["int8"], held_out=(windows, "local text"), max_context=128, progress=False)
+    scales = {t.name: numpy_helper.to_array(t) for t in onnx.load(str(bundle.path / "model.int8.onnx")).graph.initializer if t.name.endswith("_scale")}
+    session = graph_session(bundle.path / "model.onnx")
+    pasts = [i for i in session.get_inputs() if i.name.startswith("past.")]
+    feeds = {"input_ids": np.array([ids[3000:3128]]), "position_ids": np.arange(128)[None], "attention_mask": np.ones((1, 128), np.int64),
+             "logits_to_keep": np.array([0])}  # fmt: skip
+    feeds.update({i.name: np.zeros((1, i.shape[1], 0, 64), np.float32) for i in pasts})
+    values = session.run([o.name for o in session.get_outputs() if o.name.startswith("present.")], feeds)
+    saturated = np.mean([(np.abs(v) > 127 * scales[f"{p.name}_scale"] * 1.0001).mean() for p, v in zip(pasts, values, strict=True)])
+    assert saturated < 0.005
+
+
 def test_a_graph_not_in_the_append_form_is_refused_by_quantize(tiny_bundle, tmp_path):
     graph = tmp_path / "concat.onnx"
     shutil.copy(tiny_bundle / "model.fp16.onnx", graph)
