@@ -143,19 +143,18 @@ def test_int8_cache_slots_through_joins_and_leaves_give_each_sequence_its_logits
             check(backend.decode([texts[t][-1] for t in rows]), rows)
 
 
-def test_the_int8_cache_is_calibrated_for_positions_beyond_the_held_out_windows(tmp_path, tiny_tokenizer):
+def test_the_int8_cache_is_calibrated_for_positions_beyond_the_held_out_windows(tmp_path, tiny_checkpoint, tiny_tokenizer):
     """Held-out windows are shorter than the context: keys and values at later positions must not saturate the cache.
 
     The model's later position embeddings are scaled up, so that those positions reach further; calibrated on
     the windows' own positions (0..31) 1.0 % of this text's cache values saturate, at positions spread over the context 0.3 %.
     """
     import torch
-    from conftest import make_checkpoint
 
     from merino_edge.export.quality import graph_session
     from merino_edge.model import MeRinoForCausalLM
 
-    ckpt = make_checkpoint(tmp_path / "ckpt", tiny_tokenizer, [(64, 2.0, 2), (128, 1.5, 2)], shared=True, proj_dim=96)
+    ckpt = shutil.copytree(tiny_checkpoint, tmp_path / "ckpt")
     model = MeRinoForCausalLM.from_pretrained(ckpt)
     with torch.no_grad():
         model.model.embed_positions.weight[64:] *= 6
