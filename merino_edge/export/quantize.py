@@ -27,10 +27,11 @@ export/onnx.py).  The cache is int8 with one static scale per channel
 of that channel's keys or values over calibration text (`cache_scales`),
 divided by 127; a value beyond it saturates.  At 1,500 tokens of the 50M arch
 the cache is 180 MB in float32, five times its int4 weights; int8 makes it a
-quarter of that, and the kernel reads it without a float copy (on this 2-core
-x86 machine, 16 layers of 16 heads at 1,500 tokens: 4.6 ms a step, against
-6.7 ms for a float32 cache and about 22 ms for the fp32 graph's MatMuls with
-a float16 cache cast to float32).  What all this costs in quality is measured
+quarter of that, and the kernel reads it without a float copy (on a 2-core
+AMD EPYC VM, 16 layers of 16 heads at 1,500 tokens: 4.5-5.3 ms a step,
+against 6-10 ms for a float32 cache; the casts and MatMuls of a float16 cache
+cast to float32, which these graphs had before, took 22 ms of a step on a VM
+with half its memory bandwidth).  What all this costs in quality is measured
 at export (`merino_edge.export.quality`, with half of each window read from
 the cache), not assumed.
 

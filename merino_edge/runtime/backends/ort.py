@@ -183,7 +183,7 @@ class OrtBackend(Backend):
         return min(self.max_context, -(-(columns + max(16, columns // 16)) // 16) * 16)
 
     def _buffers(self, rows: int) -> _KVBuffers:
-        self._cache_binding = None
+        self._cache_binding = None  # it holds the buffers it names: let the old ones go
         return _KVBuffers(ort_module(), rows, self._tensor_heads, self.max_context, self.head_dim, self.kv_dtype, self.device, spare=not self.appends)
 
     def _allocate(self, rows: int) -> None:
