@@ -101,8 +101,8 @@ def test_padding_left_by_a_long_sequence_is_dropped_when_the_context_fills(gener
 
 def test_seeded_sampling_repeats_under_concurrency(generator):
     if generator.backend.precision == "int4":
-        # On AVX2 (no AVX-512) MatMulNBits computes a batch of rows in another order than one row: the logits agree
-        # to rounding (test_quantize's joins-and-leaves test bounds them at 1e-3), but a seeded draw at a boundary flips.
+        # On an AVX2-only VM int4's kernels (MatMulNBits, the fused attention) gave a batch's rows logits equal to a lone
+        # row's only to rounding (test_quantize's joins-and-leaves test bounds them at 1e-3): a seeded draw at a boundary flipped.
         pytest.skip("int4: a batch's logits equal a row's only to rounding on some CPUs, so a seeded draw may differ")
     requests = [(p, seeded(n + 4, seed)) for seed, (p, n) in enumerate(zip(PROMPTS, MAX_TOKENS, strict=True))]
     alone = [generator.generate(p, params).token_ids for p, params in requests]
